@@ -1,0 +1,142 @@
+"""A llama.cpp context: one KV cache, batched decoding at explicit positions, and the memory API.
+
+Positions are always passed explicitly: the caller (sinkchat's engine) owns the layout of
+the cache, and this class keeps no token bookkeeping of its own that could drift.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+from models import llama_log
+from models.errors import DecodeError, ModelLoadError
+from models.llama_model import LlamaModel
+from models.options import GGML_TYPE_IDS, LoadOptions, default_threads
+
+if TYPE_CHECKING:
+    import numpy as np
+
+SEQ = 0
+"""sinkchat keeps one sequence per context."""
+
+Logits = Literal["last", "all", "none"]
+
+_FLASH = {"auto": -1, "off": 0, "on": 1}
+
+
+class LlamaContext:
+    """KV cache plus decoding for one model.  Use from one thread at a time."""
+
+    def __init__(self, model: LlamaModel, options: LoadOptions) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.model = model
+        self.options = options
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = options.n_ctx
+        params.n_batch = options.n_batch
+        params.n_ubatch = options.n_ubatch or options.n_batch
+        params.n_seq_max = 1
+        threads = options.n_threads or default_threads()
+        params.n_threads = threads
+        params.n_threads_batch = options.n_threads_batch or threads
+        params.flash_attn_type = _FLASH[options.flash_attn]
+        params.type_k = GGML_TYPE_IDS[options.type_k]
+        params.type_v = GGML_TYPE_IDS[options.type_v]
+        params.swa_full = options.swa_full
+        params.offload_kqv = options.offload_kqv
+        params.no_perf = True
+        llama_log.clear()
+        ctx = llama_cpp.llama_init_from_model(model.ptr, params)
+        if not ctx:
+            problems = llama_log.recent_problems()
+            detail = llama_log.explain(problems)
+            raise ModelLoadError(
+                f"could not create a context of {options.n_ctx} tokens for {model.path.name} "
+                f"(K cache {options.type_k}, V cache {options.type_v}): try a smaller n_ctx.{detail}"
+            )
+        self.ptr = ctx
+        self.memory = llama_cpp.llama_get_memory(ctx)
+        self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
+        self.n_batch = options.n_batch
+        self.n_threads = threads
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.n_vocab = model.n_vocab
+
+    # -- decoding ---------------------------------------------------------------------
+
+    def decode(self, tokens: Sequence[int], start: int, logits: Logits = "last") -> None:
+        """Evaluate ``tokens`` at positions ``start, start+1, ...`` of the sequence.
+
+        ``logits`` selects which positions keep output logits; with "all", only the
+        outputs of the final batch remain readable, so callers pass at most ``n_batch``.
+        """
+        n = len(tokens)
+        batch = self._batch
+        for offset in range(0, n, self.n_batch):
+            chunk = tokens[offset : offset + self.n_batch]
+            for i, token in enumerate(chunk):
+                batch.token[i] = token
+                batch.pos[i] = start + offset + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = SEQ
+                last = offset + i == n - 1
+                batch.logits[i] = logits == "all" or (logits == "last" and last)
+            batch.n_tokens = len(chunk)
+            rc = self._lib.llama_decode(self.ptr, batch)
+            if rc != 0:
+                problems = llama_log.recent_problems(2)
+                detail = f": {problems[-1]}" if problems else ""
+                raise DecodeError(f"llama_decode failed with code {rc} at position {start + offset}{detail}")
+
+    def logits(self, index: int = -1) -> np.ndarray:
+        """A copy of the output logits of the ``index``-th output of the last batch (-1: last)."""
+        import numpy as np
+
+        ptr = self._lib.llama_get_logits_ith(self.ptr, index)
+        if not ptr:
+            raise DecodeError(f"no logits at output {index}")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    # -- the KV-cache memory API -------------------------------------------------------
+
+    @property
+    def can_shift(self) -> bool:
+        """False for M-RoPE, SWA without a full-size cache, recurrent models."""
+        return bool(self._lib.llama_memory_can_shift(self.memory))
+
+    def seq_rm(self, p0: int, p1: int) -> bool:
+        """Remove positions ``[p0, p1)`` (p1 < 0: to the end).  False if a partial removal is impossible."""
+        return bool(self._lib.llama_memory_seq_rm(self.memory, SEQ, p0, p1))
+
+    def seq_add(self, p0: int, p1: int, delta: int) -> None:
+        """Move positions ``[p0, p1)`` by ``delta``; llama.cpp re-rotates the keys at the next decode."""
+        if not self.can_shift:
+            # llama.cpp aborts the process when it later applies a shift it cannot do.
+            raise DecodeError("this model's KV cache cannot be shifted")
+        self._lib.llama_memory_seq_add(self.memory, SEQ, p0, p1, delta)
+
+    def pos_min(self) -> int:
+        return int(self._lib.llama_memory_seq_pos_min(self.memory, SEQ))
+
+    def pos_max(self) -> int:
+        """Largest cached position, -1 when empty."""
+        return int(self._lib.llama_memory_seq_pos_max(self.memory, SEQ))
+
+    def clear(self) -> None:
+        self._lib.llama_memory_clear(self.memory, True)
+
+    def close(self) -> None:
+        ptr, self.ptr = getattr(self, "ptr", None), None
+        if ptr:
+            self._lib.llama_batch_free(self._batch)
+            self._lib.llama_free(ptr)
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        try:
+            self.close()
+        except Exception:
+            pass

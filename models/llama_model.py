@@ -1,0 +1,173 @@
+"""A loaded GGUF model: weights, vocabulary and chat template, through llama.cpp's C API.
+
+sinkchat drives llama.cpp through llama-cpp-python's low-level bindings rather than its
+``Llama`` class: ``Llama`` keeps its own ``n_tokens``/``input_ids`` bookkeeping, which a
+context shift would silently desynchronise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from pathlib import Path
+
+from models import llama_log
+from models.chat_template import CHATML_TEMPLATE, ChatTemplate
+from models.errors import ModelError, ModelLoadError, UnsupportedModelError
+from models.gguf_meta import GGUFInfo, read_gguf
+
+log = logging.getLogger(__name__)
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def ensure_backend() -> None:
+    """Initialise llama.cpp once per process, with its log routed to Python logging."""
+    global _backend_ready
+    with _backend_lock:
+        if _backend_ready:
+            return
+        import llama_cpp
+
+        llama_log.install()
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+def gpu_offload_supported() -> bool:
+    """True when this llama.cpp build has a GPU backend (CUDA, Metal, Vulkan ...)."""
+    ensure_backend()
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def _describe_failure(path: Path, info: GGUFInfo) -> ModelError:
+    problems = llama_log.recent_problems()
+    text = "\n".join(problems)
+    detail = llama_log.explain(problems)
+    if "unknown model architecture" in text:
+        return UnsupportedModelError(
+            f"{path.name}: this llama.cpp build does not support the architecture "
+            f"{info.architecture!r}. Upgrade llama-cpp-python or choose another model.{detail}"
+        )
+    if "not within the file bounds" in text or "truncated" in text:
+        return ModelLoadError(f"{path.name} is damaged or incomplete: download it again.{detail}")
+    if "alloc" in text.lower() or "memory" in text.lower():
+        return ModelLoadError(
+            f"not enough memory to load {path.name}: try fewer GPU layers or a smaller model.{detail}"
+        )
+    return ModelLoadError(f"llama.cpp could not load {path.name}.{detail}")
+
+
+class LlamaModel:
+    """Model weights and vocabulary.  Thread-compatible: use from one thread at a time."""
+
+    def __init__(self, path: str | Path, *, n_gpu_layers: int | None = None, use_mmap: bool = True) -> None:
+        self.path = Path(path).expanduser()
+        self.info = read_gguf(self.path)
+        ensure_backend()
+        import llama_cpp
+
+        self._lib = llama_cpp
+        params = llama_cpp.llama_model_default_params()
+        if n_gpu_layers is None:
+            n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        self.n_gpu_layers = n_gpu_layers
+        params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
+        params.use_mmap = use_mmap
+        llama_log.clear()
+        ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not ptr:
+            raise _describe_failure(self.path, self.info)
+        self.ptr = ptr
+        if not llama_cpp.llama_model_has_decoder(ptr):
+            self.close()
+            raise UnsupportedModelError(f"{self.path.name} has no text decoder; it cannot chat")
+        self.vocab = llama_cpp.llama_model_get_vocab(ptr)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_layer = llama_cpp.llama_model_n_layer(ptr)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(ptr)
+        self.bos = llama_cpp.llama_vocab_bos(self.vocab)
+        self.eos = llama_cpp.llama_vocab_eos(self.vocab)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.is_recurrent = bool(llama_cpp.llama_model_is_recurrent(ptr)) or bool(
+            llama_cpp.llama_model_is_hybrid(ptr)
+        )
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    @property
+    def name(self) -> str:
+        return self.info.name or self.path.stem
+
+    @property
+    def description(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        self._lib.llama_model_desc(self.ptr, buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    @property
+    def offloaded_layers(self) -> int:
+        """Layers whose weights live on the GPU (llama.cpp caps the request at n_layer + 1)."""
+        if not self._lib.llama_supports_gpu_offload():
+            return 0
+        return min(self.n_gpu_layers if self.n_gpu_layers >= 0 else self.n_layer + 1, self.n_layer + 1)
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``; ``parse_special`` turns template markers into their special tokens."""
+        raw = text.encode("utf-8")
+        cap = len(raw) + 8
+        while True:
+            out = (self._lib.llama_token * cap)()
+            n = self._lib.llama_tokenize(self.vocab, raw, len(raw), out, cap, add_special, parse_special)
+            if n >= 0:
+                return list(out[:n])
+            cap = -n
+
+    def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token (possibly part of a UTF-8 character); control tokens render empty unless ``special``."""
+        key = (token, special)
+        piece = self._pieces.get(key)
+        if piece is None:
+            buf = self._piece_buf
+            n = self._lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+            piece = buf.raw[:n]
+            self._pieces[key] = piece
+        return piece
+
+    def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
+        return b"".join(self.token_to_piece(t, special=special) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        """End of generation: EOS, EOT, or a template's end-of-turn token."""
+        return bool(self._lib.llama_vocab_is_eog(self.vocab, token))
+
+    def token_text(self, token: int) -> str:
+        return self.token_to_piece(token, special=True).decode("utf-8", errors="replace")
+
+    def chat_template(self) -> ChatTemplate:
+        """The template from the GGUF metadata, or ChatML when the file has none."""
+        source = self.info.chat_template
+        if source is None:
+            log.info("%s has no chat template; using ChatML", self.path.name)
+            source = CHATML_TEMPLATE
+        bos = self.token_text(self.bos) if self.bos >= 0 else ""
+        eos = self.token_text(self.eos) if self.eos >= 0 else ""
+        return ChatTemplate(source, bos_token=bos, eos_token=eos)
+
+    def close(self) -> None:
+        ptr, self.ptr = getattr(self, "ptr", None), None
+        if ptr:
+            self._lib.llama_model_free(ptr)
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        try:
+            self.close()
+        except Exception:
+            pass

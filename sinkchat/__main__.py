@@ -1,0 +1,7 @@
+"""``python -m sinkchat``."""
+
+import sys
+
+from sinkchat.cli import main
+
+sys.exit(main())

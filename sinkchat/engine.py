@@ -1,0 +1,136 @@
+"""The engine executes the sink policy on a llama.cpp context and keeps the layout in step.
+
+Every append asks the policy for room first.  An eviction is a context shift: remove the
+range with ``seq_rm`` and slide the tail back with ``seq_add`` (llama.cpp re-rotates the
+keys), so positions stay contiguous and the sinks sit right before the recent tokens.
+When the cache cannot shift (M-RoPE, SWA without a full cache, recurrent models) the kept
+tokens are evaluated again instead, and the fallback is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from sinkchat.layout import CacheLayout, Eviction, Role
+from sinkchat.policy import SinkPolicy
+
+log = logging.getLogger(__name__)
+
+
+class KVContext(Protocol):
+    """What the engine needs from a llama.cpp context (``models.llama_context.LlamaContext``)."""
+
+    n_batch: int
+
+    @property
+    def can_shift(self) -> bool: ...
+    def decode(self, tokens: Sequence[int], start: int, logits: str = "last") -> None: ...
+    def seq_rm(self, p0: int, p1: int) -> bool: ...
+    def seq_add(self, p0: int, p1: int, delta: int) -> None: ...
+    def clear(self) -> None: ...
+
+
+class SinkEngine:
+    """Owns what is in one cached sequence: the token mirror and its :class:`CacheLayout`."""
+
+    def __init__(self, ctx: KVContext, policy: SinkPolicy, capacity: int, pin_target: int) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.layout = CacheLayout(capacity=capacity, pin_target=pin_target)
+        self.tokens: list[int] = []
+        """Token at each cache position: ``tokens[i]`` sits at position ``i``."""
+        self.shifts = 0
+        self.evicted_tokens = 0
+        self.fallbacks = 0
+        self.last_shift_seconds: float | None = None
+
+    @property
+    def n_cached(self) -> int:
+        return len(self.tokens)
+
+    def chunk_size(self) -> int:
+        """Largest batch that always fits beside the pins, so a long text streams through the window."""
+        return max(1, min(self.ctx.n_batch, self.layout.window // 2))
+
+    def feed(
+        self,
+        tokens: Sequence[int],
+        role: Role,
+        group: int,
+        *,
+        pin: bool = False,
+        logits: bool = True,
+        cancel: threading.Event | None = None,
+    ) -> bool:
+        """Evaluate ``tokens`` at the end of the cache, evicting as needed.
+
+        With ``logits`` the last token's logits are kept for sampling.  Returns False when
+        ``cancel`` was set between chunks (what was fed so far stays in the cache).
+        """
+        if pin and len(tokens) > self.layout.free:
+            raise ValueError(f"{len(tokens)} pinned tokens do not fit in {self.layout.free} free slots")
+        i, n = 0, len(tokens)
+        while i < n:
+            if cancel is not None and cancel.is_set():
+                return False
+            size = self.layout.free if pin else self.chunk_size()
+            chunk = tokens[i : i + size]
+            if not pin:
+                self.make_room(len(chunk), group)
+            last = i + len(chunk) >= n
+            self.ctx.decode(chunk, len(self.tokens), "last" if logits and last else "none")
+            self.layout.append(role, group, len(chunk), pin=pin)
+            self.tokens.extend(chunk)
+            i += len(chunk)
+        return True
+
+    def make_room(self, need: int, group: int | None = None) -> Eviction | None:
+        eviction = self.policy.plan(self.layout, need, group)
+        if eviction is not None:
+            self.evict(eviction)
+        return eviction
+
+    def evict(self, eviction: Eviction) -> None:
+        """Apply one eviction to the KV cache, the token mirror and the layout."""
+        started = time.perf_counter()
+        start, end, n = eviction.start, eviction.end, eviction.n_tokens
+        shifted = False
+        if self.ctx.can_shift and self.ctx.seq_rm(start, end):
+            self.ctx.seq_add(end, -1, -n)
+            shifted = True
+        del self.tokens[start:end]
+        self.layout.apply(eviction)
+        if not shifted:
+            self._reprefill(start)
+        self.shifts += 1
+        self.evicted_tokens += n
+        self.last_shift_seconds = time.perf_counter() - started
+        log.debug("evicted [%d, %d) aligned=%s shifted=%s", start, end, eviction.aligned, shifted)
+
+    def truncate(self, n_keep: int) -> None:
+        """Drop every position from ``n_keep`` on (undo of a cancelled prompt)."""
+        if n_keep >= len(self.tokens):
+            return
+        if not self.ctx.seq_rm(n_keep, -1):
+            self.ctx.clear()
+            self.ctx.decode(self.tokens[:n_keep], 0, "none")
+            self.fallbacks += 1
+        del self.tokens[n_keep:]
+        self.layout.truncate(n_keep)
+
+    def _reprefill(self, start: int) -> None:
+        """Fallback for caches that cannot shift: evaluate the kept tokens again.
+
+        When a tail can still be removed, only the tokens after the pins are evaluated again.
+        """
+        self.fallbacks += 1
+        if self.ctx.seq_rm(start, -1):
+            self.ctx.decode(self.tokens[start:], start, "none")
+        else:
+            self.ctx.clear()
+            self.ctx.decode(self.tokens, 0, "none")
+        log.info("cache cannot shift: re-evaluated %d kept tokens", len(self.tokens) - start)

@@ -1,0 +1,40 @@
+"""Imports only go downward: tui -> sinkchat -> models; the core never loads Textual."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = {"models": {"sinkchat", "tui", "textual"}, "sinkchat": {"tui", "textual"}}
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_layers_import_only_downward(package: str) -> None:
+    for path in (ROOT / package).rglob("*.py"):
+        bad = imported_roots(path) & FORBIDDEN[package]
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_core_import_loads_neither_textual_nor_llama_cpp() -> None:
+    code = (
+        "import sys, sinkchat.chat, sinkchat.cli, sinkchat.plain\n"
+        "bad = sorted(m for m in ('textual', 'tui', 'llama_cpp') if m in sys.modules)\n"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""

@@ -1,0 +1,1 @@
+"""The Textual chat UI (``sinkchat run``).  It chats through ``sinkchat.Chat``, never through llama.cpp."""
