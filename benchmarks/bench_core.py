@@ -136,7 +136,9 @@ def main() -> None:
     print(f"\n2. decode speed, {args.tokens} tokens greedy, n_ctx 2048")
     d = bench_decode(path, args.threads, args.tokens, args.repeats)
     ratio = d["sinkchat_tok_s"] / d["create_completion_tok_s"]
-    print(f"sinkchat loop {d['sinkchat_tok_s']:.1f} tok/s · create_completion {d['create_completion_tok_s']:.1f} tok/s · ratio {ratio:.2f}")
+    print(
+        f"sinkchat loop {d['sinkchat_tok_s']:.1f} tok/s · create_completion {d['create_completion_tok_s']:.1f} tok/s · ratio {ratio:.2f}"
+    )
 
     n = args.tokens * 4
     print(f"\n3. throughput while shifting, {n} tokens")

@@ -52,11 +52,6 @@ class GGUFInfo(BaseModel):
         value = self.metadata.get(f"{self.architecture}.context_length")
         return int(value) if isinstance(value, int) else None
 
-    @property
-    def split_count(self) -> int:
-        value = self.metadata.get("split.count")
-        return int(value) if isinstance(value, int) else 1
-
 
 class _Cursor:
     def __init__(self, buf: mmap.mmap, path: Path) -> None:

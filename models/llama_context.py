@@ -6,13 +6,13 @@ the cache, and this class keeps no token bookkeeping of its own that could drift
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from models import llama_log
 from models.errors import DecodeError, ModelLoadError
 from models.llama_model import LlamaModel
+from models.native import NativeHandle
 from models.options import GGML_TYPE_IDS, LoadOptions, default_threads
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ Logits = Literal["last", "all", "none"]
 _FLASH = {"auto": -1, "off": 0, "on": 1}
 
 
-class LlamaContext:
+class LlamaContext(NativeHandle):
     """KV cache plus decoding for one model.  Use from one thread at a time."""
 
     def __init__(self, model: LlamaModel, options: LoadOptions) -> None:
@@ -129,14 +129,6 @@ class LlamaContext:
     def clear(self) -> None:
         self._lib.llama_memory_clear(self.memory, True)
 
-    def close(self) -> None:
-        ptr, self.ptr = getattr(self, "ptr", None), None
-        if ptr:
-            self._lib.llama_batch_free(self._batch)
-            self._lib.llama_free(ptr)
-
-    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _free(self, ptr: object) -> None:
+        self._lib.llama_batch_free(self._batch)
+        self._lib.llama_free(ptr)

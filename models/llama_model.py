@@ -16,6 +16,7 @@ from models import llama_log
 from models.chat_template import CHATML_TEMPLATE, ChatTemplate
 from models.errors import ModelError, ModelLoadError, UnsupportedModelError
 from models.gguf_meta import GGUFInfo, read_gguf
+from models.native import NativeHandle
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,6 @@ def ensure_backend() -> None:
         _backend_ready = True
 
 
-def gpu_offload_supported() -> bool:
-    """True when this llama.cpp build has a GPU backend (CUDA, Metal, Vulkan ...)."""
-    ensure_backend()
-    import llama_cpp
-
-    return bool(llama_cpp.llama_supports_gpu_offload())
-
-
 def _describe_failure(path: Path, info: GGUFInfo) -> ModelError:
     problems = llama_log.recent_problems()
     text = "\n".join(problems)
@@ -62,7 +55,7 @@ def _describe_failure(path: Path, info: GGUFInfo) -> ModelError:
     return ModelLoadError(f"llama.cpp could not load {path.name}.{detail}")
 
 
-class LlamaModel:
+class LlamaModel(NativeHandle):
     """Model weights and vocabulary.  Thread-compatible: use from one thread at a time."""
 
     def __init__(self, path: str | Path, *, n_gpu_layers: int | None = None, use_mmap: bool = True) -> None:
@@ -93,28 +86,13 @@ class LlamaModel:
         self.bos = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos = llama_cpp.llama_vocab_eos(self.vocab)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
-        self.is_recurrent = bool(llama_cpp.llama_model_is_recurrent(ptr)) or bool(
-            llama_cpp.llama_model_is_hybrid(ptr)
-        )
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
 
     @property
     def name(self) -> str:
-        return self.info.name or self.path.stem
-
-    @property
-    def description(self) -> str:
-        buf = ctypes.create_string_buffer(256)
-        self._lib.llama_model_desc(self.ptr, buf, len(buf))
-        return buf.value.decode("utf-8", errors="replace")
-
-    @property
-    def offloaded_layers(self) -> int:
-        """Layers whose weights live on the GPU (llama.cpp caps the request at n_layer + 1)."""
-        if not self._lib.llama_supports_gpu_offload():
-            return 0
-        return min(self.n_gpu_layers if self.n_gpu_layers >= 0 else self.n_layer + 1, self.n_layer + 1)
+        """The file name people chose and recognise (``general.name`` is often a training-run label)."""
+        return self.path.stem
 
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         """Token ids of ``text``; ``parse_special`` turns template markers into their special tokens."""
@@ -161,13 +139,5 @@ class LlamaModel:
         eos = self.token_text(self.eos) if self.eos >= 0 else ""
         return ChatTemplate(source, bos_token=bos, eos_token=eos)
 
-    def close(self) -> None:
-        ptr, self.ptr = getattr(self, "ptr", None), None
-        if ptr:
-            self._lib.llama_model_free(ptr)
-
-    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _free(self, ptr: object) -> None:
+        self._lib.llama_model_free(ptr)

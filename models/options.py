@@ -37,7 +37,9 @@ class LoadOptions(BaseModel):
     n_threads: int | None = Field(None, ge=1, description="decode threads (default: physical cores)")
     n_threads_batch: int | None = Field(None, ge=1, description="prompt threads (default: n_threads)")
     n_gpu_layers: int | None = Field(
-        None, ge=-1, description="layers offloaded to the GPU; -1 = all, 0 = CPU only, None = all if the build has a GPU"
+        None,
+        ge=-1,
+        description="layers offloaded to the GPU; -1 = all, 0 = CPU only, None = all if the build has a GPU",
     )
     flash_attn: Literal["auto", "on", "off"] = "auto"
     type_k: KVCacheType = "f16"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.llama_context import LlamaContext
+from models.native import NativeHandle
 
 
 class SamplingSettings(BaseModel):
@@ -21,7 +22,7 @@ class SamplingSettings(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**32 - 1, description="None = a random seed per chain")
 
 
-class Sampler:
+class Sampler(NativeHandle):
     """A sampler chain built from :class:`SamplingSettings`; it remembers recent tokens for the penalty."""
 
     def __init__(self, settings: SamplingSettings, n_vocab: int) -> None:
@@ -61,13 +62,5 @@ class Sampler:
     def reset(self) -> None:
         self._lib.llama_sampler_reset(self.ptr)
 
-    def close(self) -> None:
-        ptr, self.ptr = getattr(self, "ptr", None), None
-        if ptr:
-            self._lib.llama_sampler_free(ptr)
-
-    def __del__(self) -> None:  # pragma: no cover
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _free(self, ptr: object) -> None:
+        self._lib.llama_sampler_free(ptr)

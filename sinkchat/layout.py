@@ -73,10 +73,6 @@ class CacheLayout:
     def free(self) -> int:
         return self.capacity - self.n_cached
 
-    @property
-    def current_group(self) -> int | None:
-        return self.segments[-1].group if self.segments else None
-
     def append(self, role: Role, group: int, n_tokens: int, *, pin: bool = False) -> None:
         """Record ``n_tokens`` new tokens at the end of the cache.
 

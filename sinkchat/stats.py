@@ -30,7 +30,7 @@ class ChatStats(BaseModel):
     fallbacks: int
     can_shift: bool
     tokens_per_second: float | None
-    """Decode speed of the last reply (generated tokens only)."""
+    """Decode speed of the reply being generated, else of the last one (generated tokens only)."""
     prompt_tokens_per_second: float | None
     """Speed at which the last prompt was evaluated."""
     last_shift_ms: float | None

@@ -65,7 +65,13 @@ def test_context_smaller_than_the_pins() -> None:
 @pytest.mark.slow
 def test_piped_chat_prints_replies_only() -> None:
     result = sinkchat(
-        "run", "--plain", "--temperature", "0", "--max-tokens", "24", stdin="What is the capital of France?\nAnd of Italy?\n"
+        "run",
+        "--plain",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "24",
+        stdin="What is the capital of France?\nAnd of Italy?\n",
     )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.strip()]

@@ -70,7 +70,9 @@ def translation_noise(model: LlamaModel, tokens: list[int], delta: int, **option
 
 @pytest.mark.parametrize("delta", [1, 37, 200])
 @pytest.mark.parametrize("type_k", ["f16", "q8_0"])
-def test_seq_add_matches_a_fresh_evaluation_at_the_shifted_positions(model: LlamaModel, delta: int, type_k: str) -> None:
+def test_seq_add_matches_a_fresh_evaluation_at_the_shifted_positions(
+    model: LlamaModel, delta: int, type_k: str
+) -> None:
     tokens = model.tokenize(TEXT)
     shifted = next_token_logits_after_shift(model, tokens, delta, type_k=type_k)
     fresh = fresh_logits_at(model, tokens, delta, type_k=type_k)

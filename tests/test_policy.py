@@ -108,7 +108,9 @@ def chats(draw: st.DrawFn) -> dict:
     discard = draw(st.one_of(st.none(), st.integers(1, capacity)))
     exchanges = draw(
         st.lists(
-            st.tuples(st.sampled_from(["chat", "chat", "raw"]), st.integers(1, 3 * capacity), st.integers(0, 2 * capacity)),
+            st.tuples(
+                st.sampled_from(["chat", "chat", "raw"]), st.integers(1, 3 * capacity), st.integers(0, 2 * capacity)
+            ),
             min_size=1,
             max_size=8,
         )

@@ -53,7 +53,9 @@ TURNS = [("Hi!", "Hello, how can I help?"), ("What is 2+2?", "4."), ("Thanks", "
 def test_incremental_turns_equal_the_full_rendering(source: str, system: str | None) -> None:
     template = smollm2_template() if source == "smollm2" else ChatTemplate(source, bos_token="<s>")
     history = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": role, "content": text} for user, reply in TURNS for role, text in (("user", user), ("assistant", reply))
+        {"role": role, "content": text}
+        for user, reply in TURNS
+        for role, text in (("user", user), ("assistant", reply))
     ]
     assert incremental_transcript(template, system, TURNS) == template.render(history, False)
 
