@@ -82,9 +82,15 @@ class SinkEngine:
             if not pin:
                 self.make_room(len(chunk), group)
             last = i + len(chunk) >= n
-            self.ctx.decode(chunk, len(self.tokens), "last" if logits and last else "none")
-            self.layout.append(role, group, len(chunk), pin=pin)
-            self.tokens.extend(chunk)
+            at = len(self.tokens)
+            try:
+                self.ctx.decode(chunk, at, "last" if logits and last else "none")
+                self.layout.append(role, group, len(chunk), pin=pin)
+                self.tokens.extend(chunk)
+            except BaseException:
+                # A failed or interrupted step must not leave the cache and the mirror apart.
+                self._rollback(at)
+                raise
             i += len(chunk)
         return True
 
@@ -121,6 +127,14 @@ class SinkEngine:
             self.fallbacks += 1
         del self.tokens[n_keep:]
         self.layout.truncate(n_keep)
+
+    def _rollback(self, n_keep: int) -> None:
+        del self.tokens[n_keep:]
+        if self.layout.n_cached > n_keep:
+            self.layout.truncate(n_keep)
+        if not self.ctx.seq_rm(n_keep, -1):
+            self.ctx.clear()
+            self.ctx.decode(self.tokens, 0, "none")
 
     def _reprefill(self, start: int) -> None:
         """Fallback for caches that cannot shift: evaluate the kept tokens again.

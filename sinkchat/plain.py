@@ -6,7 +6,11 @@ message and only the replies are written to stdout.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from sinkchat.chat import Chat
@@ -14,24 +18,30 @@ from sinkchat.safe_text import inert
 
 HELP = """\
 Type a message and press Enter.  End a line with \\ to continue the message on the next line.
-Ctrl-C stops a reply; Ctrl-D (or /quit) leaves.
+Ctrl-C stops a reply (or clears the line); Ctrl-D (or /quit) leaves.
   /stats          cache fill, pinned tokens, shifts, evicted tokens, speed, memory
   /reset [TEXT]   start a new chat (with TEXT as the system prompt)
   /help           this help
   /quit           leave"""
 
 
-def _read_message(stdin: TextIO, out: TextIO, interactive: bool) -> str | None:
-    """One message: a line, or several joined with a trailing backslash.  None at end of input."""
+def _read_message(stdin: TextIO, interactive: bool) -> str | None:
+    """One message: a line, or several joined with a trailing backslash.  None at end of input.
+
+    On a terminal ``input()`` is used, so readline gives line editing and history.
+    """
     lines: list[str] = []
     while True:
         if interactive:
-            out.write("you> " if not lines else "...> ")
-            out.flush()
-        line = stdin.readline()
-        if not line:
-            return "\n".join(lines) if lines else None
-        line = line.rstrip("\n")
+            try:
+                line = input("you> " if not lines else "...> ")
+            except EOFError:
+                return "\n".join(lines) if lines else None
+        else:
+            line = stdin.readline()
+            if not line:
+                return "\n".join(lines) if lines else None
+            line = line.rstrip("\n")
         if interactive and line.endswith("\\"):
             lines.append(line[:-1])
             continue
@@ -53,13 +63,15 @@ def run_plain(
     stderr = stderr or sys.stderr
     interactive = stdin.isatty()
     if interactive:
+        import readline  # noqa: F401  (line editing and history for input())
+
         stderr.write(f"{chat.model.name} · n_ctx {chat.n_ctx} · {chat.sinks.sink_tokens} sink tokens · /help\n")
     while True:
         try:
-            text = _read_message(stdin, stderr, interactive)
-        except KeyboardInterrupt:
+            text = _read_message(stdin, interactive)
+        except KeyboardInterrupt:  # at the prompt: drop the line, as a shell does
             stderr.write("\n")
-            return 0
+            continue
         if text is None:
             if interactive:
                 stderr.write("\n")
@@ -83,13 +95,28 @@ def run_plain(
             continue
         if interactive:
             stdout.write("bot> ")
-        replies = chat.send(text, max_tokens=max_tokens)
-        try:
-            for piece in replies:
+        with _ctrl_c_cancels(chat):
+            for piece in chat.send(text, max_tokens=max_tokens):
                 stdout.write(inert(piece))
                 stdout.flush()
-        except KeyboardInterrupt:
-            replies.close()  # the reply so far is kept and the turn closed
-            stderr.write("\n[stopped]")
+        if chat.last_reply is not None and chat.last_reply.finish_reason == "cancelled":
+            stderr.write(" [stopped]")
         stdout.write("\n")
         stdout.flush()
+
+
+@contextmanager
+def _ctrl_c_cancels(chat: Chat) -> Iterator[None]:
+    """While a reply streams, Ctrl-C asks the chat to stop instead of raising mid-step.
+
+    A KeyboardInterrupt can land between llama.cpp calls; a cancel is checked between
+    tokens, where the reply ends cleanly and the turn is closed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda _sig, _frame: chat.cancel())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

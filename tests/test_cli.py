@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,27 @@ def test_piped_chat_in_a_tiny_cache_keeps_going() -> None:
     result = sinkchat("run", "--plain", "--n-ctx", "128", "--max-tokens", "60", "--seed", "1", stdin=questions)
     assert result.returncode == 0, result.stderr
     assert len([line for line in result.stdout.splitlines() if line.strip()]) >= 6
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_reply_and_the_chat_goes_on() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sinkchat", "run", "--plain", "--max-tokens", "0", "--seed", "2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdin and proc.stdout
+    proc.stdin.write("Write a very long story about a dragon and a knight.\n")
+    proc.stdin.flush()
+    assert proc.stdout.read(20)  # the reply is streaming
+    proc.send_signal(signal.SIGINT)
+    proc.stdin.write("Say hello.\n")
+    proc.stdin.close()
+    proc.stdin = None  # already closed: communicate() must not flush it again
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "[stopped]" in err and "Traceback" not in err
+    assert len([line for line in out.splitlines() if line.strip()]) >= 2

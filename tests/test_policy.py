@@ -223,3 +223,24 @@ def test_endless_raw_generation_cuts_in_discard_sized_blocks() -> None:
     assert engine.layout.n_pinned == 4
     assert engine.shifts == pytest.approx((10 + 2000 - 128) / 32, abs=2)
     assert engine.evicted_tokens == 32 * engine.shifts
+
+
+def test_an_interrupted_decode_leaves_cache_and_mirror_in_step() -> None:
+    class FlakyKV(FakeKV):
+        fail_at = 3
+
+        def decode(self, tokens, start, logits="last"):
+            super().decode(tokens, start, logits)  # the tokens reached the cache ...
+            self.fail_at -= 1
+            if self.fail_at == 0:
+                raise KeyboardInterrupt  # ... but the step is interrupted before bookkeeping
+
+    kv = FlakyKV(size=64, n_batch=8)
+    engine = SinkEngine(kv, SinkPolicy(), capacity=64, pin_target=4)
+    engine.feed(list(range(10)), "user", 1)
+    with pytest.raises(KeyboardInterrupt):
+        engine.feed(list(range(100, 120)), "user", 1)
+    assert kv.contents() == engine.tokens
+    assert engine.layout.n_cached == len(engine.tokens) == kv.pos_max() + 1
+    engine.feed([7], "assistant", 1)  # decoding goes on at the right position
+    assert kv.contents() == engine.tokens
