@@ -101,6 +101,7 @@ class Chat:
                 model.n_ctx_train,
                 model.name,
             )
+        self._can_shift = context.can_shift  # read once: stats must not call into llama.cpp from other threads
         self._turns = TurnRenderer(model.chat_template().render)
         self._cancel = threading.Event()
         self._lock = threading.Lock()
@@ -180,6 +181,7 @@ class Chat:
 
     @property
     def stats(self) -> ChatStats:
+        """A snapshot of the cache numbers; cheap, and safe to read from any thread."""
         engine, reply, live = self.engine, self.last_reply, self._live
         shift = engine.last_shift_seconds
         if live is not None and live[1]:
@@ -193,7 +195,7 @@ class Chat:
             shifts=engine.shifts,
             evicted_tokens=engine.evicted_tokens,
             fallbacks=engine.fallbacks,
-            can_shift=self.context.can_shift,
+            can_shift=self._can_shift,
             tokens_per_second=tokens_per_second,
             prompt_tokens_per_second=reply.prompt_tokens_per_second if reply else None,
             last_shift_ms=shift * 1000 if shift is not None else None,
