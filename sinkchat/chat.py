@@ -31,7 +31,7 @@ from models.options import LoadOptions
 from models.sampler import Sampler, SamplingSettings
 from sinkchat.config import MIN_WINDOW, SinkSettings
 from sinkchat.engine import SinkEngine
-from sinkchat.errors import BusyError, ContextTooSmallError
+from sinkchat.errors import BusyError, ContextTooSmallError, SinkchatError
 from sinkchat.layout import Role
 from sinkchat.policy import SinkPolicy
 from sinkchat.stats import ChatStats, process_rss
@@ -39,6 +39,9 @@ from sinkchat.text_stream import StopMatcher, Utf8Joiner
 from sinkchat.turns import Message, TurnRenderer
 
 log = logging.getLogger(__name__)
+
+KEEP: Any = object()
+"""Marker for "leave as it is" in :meth:`Chat.rebuild`."""
 
 FinishReason = Literal["eos", "stop", "length", "cancelled"]
 
@@ -173,6 +176,8 @@ class Chat:
             policy = SinkPolicy(discard=self.sinks.discard)
             self.engine = SinkEngine(self.context, policy, capacity=self.n_ctx, pin_target=pin_target)
             self._group = 0
+            self._first_group: int | None = None
+            self._opening_len = len(tokens)
             if tokens:
                 self.engine.feed(tokens, "system", 0, pin=pin, logits=False)
             self.system_prompt = system_prompt
@@ -223,28 +228,69 @@ class Chat:
         with self._exclusive():
             self._cancel.clear()
             group = self._group + 1
-            turn = self._turns.user(self.messages, text)
-            user_tokens = self._tokenize(turn.message, first=not self.engine.tokens, content=text)
-            opening = self._tokenize(turn.generation_prompt)
             started, start_n = time.perf_counter(), self.engine.n_cached
-            if not self.engine.feed(user_tokens, "user", group, logits=not opening, cancel=self._cancel):
-                self._undo(group, start_n)
+            n_prompt = self._feed_user(group, self.messages, text, cancel=self._cancel)
+            if n_prompt is None:
+                self.engine.truncate(min(start_n, self._group_cache_start(group)))
                 self.last_reply = ReplyInfo("cancelled", 0, 0, 0.0, time.perf_counter() - started)
                 return
             self._group = group
             self.messages.append({"role": "user", "content": text})
-            self.engine.feed(opening, "assistant", group)
-            prompt_seconds = time.perf_counter() - started
-            pieces: list[str] = []
-            try:
-                yield from self._stream(
-                    "assistant", group, pieces, max_tokens, stop, True, len(user_tokens) + len(opening), prompt_seconds
-                )
-            finally:
-                reply = "".join(pieces)
-                self.messages.append({"role": "assistant", "content": reply})
-                closing = self._tokenize(self._turns.closing(self.messages[:-1]))
-                self.engine.feed(closing, "assistant", group, logits=False)
+            yield from self._reply(group, max_tokens, stop, n_prompt, time.perf_counter() - started)
+
+    def regenerate(self, *, max_tokens: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+        """Replace the last reply with a new one, streamed like :meth:`send`.
+
+        The old reply is removed from the cache.  If it had outgrown the window and pushed
+        its question out, the question is read again.
+        """
+        with self._exclusive():
+            if len(self.messages) < 2 or self.messages[-1]["role"] != "assistant":
+                raise SinkchatError("there is no reply to regenerate yet")
+            self._cancel.clear()
+            group, started = self._group, time.perf_counter()
+            self.messages.pop()
+            history, text = self.messages[:-1], self.messages[-1]["content"]
+            found = self.engine.layout.find("assistant", group)
+            if found is not None and not found[1].cut:
+                self.engine.truncate(found[0])
+                prompt = self._tokenize(self._turns.user(history, text).generation_prompt)
+                self.engine.feed(prompt, "assistant", group)
+                n_prompt: int | None = len(prompt)
+            else:
+                self.engine.truncate(self._group_cache_start(group))
+                n_prompt = self._feed_user(group, history, text)
+            yield from self._reply(group, max_tokens, stop, n_prompt or 0, time.perf_counter() - started)
+
+    def rebuild(self, system_prompt: str | None | object = KEEP) -> int:
+        """Refill the cache from the conversation: pins first, then the newest whole exchanges that fit.
+
+        Used when the pinned prefix changes (a new system prompt) or the cache was lost.
+        The full history stays in :attr:`messages`; about a quarter of the window is left
+        free for the next turn.  Returns how many exchanges are cached.
+        """
+        history = [m for m in self.messages if m["role"] != "system"]
+        self.reset(self.system_prompt if system_prompt is KEEP else system_prompt)  # type: ignore[arg-type]
+        with self._exclusive():
+            base = list(self.messages)
+            pairs = [(history[i]["content"], history[i + 1]["content"]) for i in range(0, len(history) - 1, 2)]
+            costs, seen = [], list(base)
+            for user, reply in pairs:
+                costs.append(len(self._exchange_tokens(seen, user, reply)))
+                seen += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+            budget, first = self.engine.layout.window * 3 // 4, len(pairs)
+            while first > 0 and sum(costs[first - 1 :]) <= budget:
+                first -= 1
+            seen = base + history[: 2 * first]
+            for group, (user, reply) in enumerate(pairs[first:], start=first + 1):
+                self._feed_user(group, seen, user, logits=False)
+                seen.append({"role": "user", "content": user})
+                closing = self._tokenize(self._turns.closing(seen))
+                self.engine.feed(self._literal(reply) + closing, "assistant", group, logits=False)
+                seen.append({"role": "assistant", "content": reply})
+            self.messages = base + history
+            self._group = len(pairs)
+            return len(pairs) - first
 
     def generate(self, prompt: str, *, max_tokens: int | None = None, stop_at_eos: bool = True) -> Iterator[str]:
         """Continue raw text without a chat template (the seeds' endless-generation experiment).
@@ -261,12 +307,67 @@ class Chat:
                 tokens = [self.model.bos]
             started = time.perf_counter()
             self._group = group
+            if self._first_group is None:
+                self._first_group = group
             if tokens:
                 self.engine.feed(tokens, "raw", group, cancel=self._cancel)
             prompt_seconds = time.perf_counter() - started
             yield from self._stream("raw", group, [], max_tokens, (), stop_at_eos, len(tokens), prompt_seconds)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _feed_user(
+        self,
+        group: int,
+        history: Sequence[Message],
+        text: str,
+        *,
+        cancel: threading.Event | None = None,
+        logits: bool = True,
+    ) -> int | None:
+        """Feed a user turn and the reply's opening; the number of tokens, or None if cancelled."""
+        turn = self._turns.user(history, text)
+        user_tokens = self._tokenize(turn.message, first=not self.engine.tokens, content=text)
+        prompt = self._tokenize(turn.generation_prompt)
+        if self._first_group is None:
+            self._first_group = group
+        if not self.engine.feed(user_tokens, "user", group, logits=logits and not prompt, cancel=cancel):
+            return None
+        self.engine.feed(prompt, "assistant", group, logits=logits)
+        return len(user_tokens) + len(prompt)
+
+    def _exchange_tokens(self, history: Sequence[Message], user: str, reply: str) -> list[int]:
+        turn = self._turns.user(history, user)
+        closing = self._turns.closing([*history, {"role": "user", "content": user}])
+        return (
+            self._tokenize(turn.message, content=user)
+            + self._tokenize(turn.generation_prompt)
+            + self._literal(reply)
+            + self._tokenize(closing)
+        )
+
+    def _literal(self, text: str) -> list[int]:
+        return self.model.tokenize(text, parse_special=False) if text else []
+
+    def _reply(
+        self, group: int, max_tokens: int | None, stop: Sequence[str], n_prompt: int, prompt_seconds: float
+    ) -> Iterator[str]:
+        """Stream the assistant's reply, then record it and close the turn in the cache."""
+        pieces: list[str] = []
+        try:
+            yield from self._stream("assistant", group, pieces, max_tokens, stop, True, n_prompt, prompt_seconds)
+        finally:
+            self.messages.append({"role": "assistant", "content": "".join(pieces)})
+            closing = self._tokenize(self._turns.closing(self.messages[:-1]))
+            self.engine.feed(closing, "assistant", group, logits=False)
+
+    def _group_cache_start(self, group: int) -> int:
+        """Cache position of the first token of ``group`` that is still cached."""
+        layout = self.engine.layout
+        if group == self._first_group and self._opening_len < layout.n_pinned:
+            return self._opening_len  # the first message also filled the sink slots
+        start = layout.group_start(group)
+        return start if start is not None else self.engine.n_cached
 
     def _stream(
         self,
@@ -338,11 +439,6 @@ class Chat:
             + self.model.tokenize(content, parse_special=False)
             + (self.model.tokenize(tail) if tail else [])
         )
-
-    def _undo(self, group: int, start_n: int) -> None:
-        """Remove a user message whose reading was cancelled (older evicted turns stay evicted)."""
-        group_start = self.engine.layout.group_start(group)
-        self.engine.truncate(min(start_n, group_start if group_start is not None else start_n))
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:

@@ -134,6 +134,15 @@ class CacheLayout:
             pos += seg.n_tokens
         self.segments = kept
 
+    def find(self, role: Role, group: int) -> tuple[int, Segment] | None:
+        """Position and segment of the first cached segment with this role in ``group``."""
+        pos = self.n_pinned
+        for seg in self.segments:
+            if seg.role == role and seg.group == group:
+                return pos, seg
+            pos += seg.n_tokens
+        return None
+
     def group_start(self, group: int) -> int | None:
         """Cache position where ``group`` starts (None when nothing of it is cached)."""
         pos = self.n_pinned

@@ -209,3 +209,65 @@ def test_typed_template_markers_stay_text(smollm2_path: Path) -> None:
         start, end = chat.model.bos, chat.model.eos  # <|im_start|>, <|im_end|>
         assert user.count(start) == 1 and user.count(end) == 1  # only the template's own markers
         assert chat.model.detokenize(user, special=True) == f"<|im_start|>user\n{injection}<|im_end|>\n"
+
+
+def cached_text(chat: Chat) -> str:
+    return chat.model.detokenize(chat.engine.tokens, special=True)
+
+
+def rendered(chat: Chat) -> str:
+    return chat.model.chat_template().render(chat.messages, False)
+
+
+def test_the_cache_reads_exactly_as_the_rendered_chat(smollm2_path: Path) -> None:
+    with Chat.load(smollm2_path, n_ctx=2048, system_prompt="You are brief.", sampling={"seed": 4}) as chat:
+        for prompt in PROMPTS[:3]:
+            "".join(chat.send(prompt, max_tokens=40))
+        assert chat.stats.shifts == 0
+        assert cached_text(chat) == rendered(chat)
+
+
+def test_after_evictions_the_cache_is_the_pins_plus_the_newest_whole_turns(smollm2_path: Path) -> None:
+    with Chat.load(smollm2_path, n_ctx=256, sampling={"seed": 4}) as chat:
+        opening = cached_text(chat)
+        for prompt in PROMPTS:
+            "".join(chat.send(prompt, max_tokens=60))
+        assert chat.stats.shifts >= 2
+        kept = cached_text(chat)[len(opening) :]
+        assert kept.startswith("<|im_start|>user\n")  # an exchange boundary, not a cut
+        assert rendered(chat).endswith(kept)
+
+
+def test_regenerate_replaces_the_last_reply_in_history_and_cache(smollm2_path: Path) -> None:
+    with Chat.load(smollm2_path, n_ctx=1024, sampling={"temperature": 1.0, "seed": 1}) as chat:
+        "".join(chat.send("Name a colour.", max_tokens=20))
+        first = chat.messages[-1]["content"]
+        chat.sampling = chat.sampling.model_copy(update={"seed": 99})
+        second = "".join(chat.regenerate(max_tokens=20))
+        assert len(chat.messages) == 2 and chat.messages[-1]["content"] == second
+        assert second != first
+        assert cached_text(chat) == rendered(chat)
+
+
+def test_regenerate_after_the_reply_pushed_its_question_out(smollm2_path: Path) -> None:
+    with Chat.load(smollm2_path, n_ctx=128, sampling={"temperature": 0.7, "seed": 1}) as chat:
+        "".join(chat.send("Write a long story about a fox.", max_tokens=300))
+        assert chat.engine.layout.segments[0].cut  # the question is gone from the cache
+        new = "".join(chat.regenerate(max_tokens=20))
+        assert chat.messages[-1]["content"] == new
+        assert cached_text(chat) == rendered(chat)  # the question was read again
+
+
+def test_a_new_system_prompt_rebuilds_the_cache_from_history(smollm2_path: Path) -> None:
+    with Chat.load(smollm2_path, n_ctx=256, sampling={"seed": 4}) as chat:
+        for prompt in PROMPTS:
+            "".join(chat.send(prompt, max_tokens=60))
+        history = list(chat.messages)
+        kept = chat.rebuild(system_prompt="You answer in French.")
+        assert 1 <= kept < len(PROMPTS)
+        assert chat.messages == [{"role": "system", "content": "You answer in French."}, *history]
+        text = cached_text(chat)
+        assert text.startswith("<|im_start|>system\nYou answer in French.<|im_end|>\n<|im_start|>user\n")
+        assert rendered(chat).endswith(text[text.index("<|im_start|>user\n") :])
+        assert chat.stats.n_cached <= 256 * 3 // 4 + chat.stats.n_pinned
+        assert "".join(chat.send("Bonjour!", max_tokens=10))
