@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from models.default_model import INSTALL_HINT, default_model_path
+from models.device import describe_placement
 from models.errors import ModelFileError
 from models.llama_context import LlamaContext
 from models.llama_model import LlamaModel
@@ -104,6 +105,8 @@ class Chat:
                 model.n_ctx_train,
                 model.name,
             )
+        self.device = describe_placement(model.n_gpu_layers, model.n_layer)
+        """Where the model runs, e.g. ``CPU`` or ``CUDA0 · 30/30 layers``."""
         self._can_shift = context.can_shift  # read once: stats must not call into llama.cpp from other threads
         self._turns = TurnRenderer(model.chat_template().render)
         self._cancel = threading.Event()
@@ -206,6 +209,10 @@ class Chat:
             last_shift_ms=shift * 1000 if shift is not None else None,
             rss_bytes=process_rss(),
         )
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
 
     def cancel(self) -> None:
         """Stop the running reply after the current token (thread-safe); its text so far is kept."""

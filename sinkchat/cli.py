@@ -1,7 +1,8 @@
 """The ``sinkchat`` command line.
 
 User errors (bad path, damaged GGUF, impossible settings) end in one clear line on stderr
-and exit status 2, never in a traceback.
+and exit status 2, never in a traceback.  The full-screen UI is found through the
+``sinkchat.frontends`` entry point, so this core module never imports it.
 """
 
 from __future__ import annotations
@@ -10,17 +11,21 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
 
 from sinkchat import __version__
 
 EXIT_USAGE = 2
+FRONTENDS = "sinkchat.frontends"
 
 
-def _positive_or_none(value: str) -> int | None:
+def _count(value: str) -> int:
     number = int(value)
     if number < 0:
         raise argparse.ArgumentTypeError("must be 0 (no limit) or more")
-    return number or None
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,24 +36,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sinkchat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="chat in the terminal", description="Chat with a local GGUF model.")
-    run.add_argument("--plain", action="store_true", help="line mode: for ssh, pipes and screen readers")
-    run.add_argument("-m", "--model", metavar="PATH", help="GGUF model file (default: the embedded SmolLM2)")
-    run.add_argument("-s", "--system", metavar="TEXT", help="system prompt")
-    run.add_argument(
-        "-c", "--n-ctx", type=int, default=4096, metavar="N", help="KV-cache size in tokens (default 4096)"
+    run = sub.add_parser(
+        "run",
+        help="chat in the terminal",
+        description="Chat with a local GGUF model. Options override the settings file (sinkchat config path).",
     )
-    run.add_argument("--sink-tokens", type=int, default=4, metavar="N", help="attention-sink tokens kept (default 4)")
+    run.add_argument("--plain", action="store_true", help="line mode: for ssh, pipes and screen readers")
+    run.add_argument(
+        "-m",
+        "--model",
+        metavar="PATH",
+        type=Path,
+        help="GGUF model file (default: settings, else the embedded SmolLM2)",
+    )
+    run.add_argument("-s", "--system", metavar="TEXT", help="system prompt")
+    run.add_argument("-c", "--n-ctx", type=int, metavar="N", help="KV-cache size in tokens (default 4096)")
+    run.add_argument("--sink-tokens", type=int, metavar="N", help="attention-sink tokens kept (default 4)")
     run.add_argument(
         "--no-keep-system-prompt",
         dest="keep_system_prompt",
-        action="store_false",
-        help="pin only the sink tokens, let the system prompt be evicted like any old turn",
+        action="store_const",
+        const=False,
+        help="pin only the sink tokens; the system prompt is evicted like an old turn",
     )
     run.add_argument("--discard", type=int, metavar="N", help="tokens a shift aims to free (default: window/4)")
-    run.add_argument(
-        "--max-tokens", type=_positive_or_none, default=1024, metavar="N", help="reply limit, 0 = none (default 1024)"
-    )
+    run.add_argument("--max-tokens", type=_count, metavar="N", help="reply limit, 0 = none (default 1024)")
     run.add_argument(
         "-ngl",
         "--n-gpu-layers",
@@ -57,58 +69,108 @@ def build_parser() -> argparse.ArgumentParser:
         help="layers on the GPU: -1 all, 0 none (default: all on a GPU build)",
     )
     run.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: physical cores)")
-    run.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
-    run.add_argument("--cache-type-k", default="f16", metavar="TYPE", help="K cache type: f16, q8_0, ...")
-    run.add_argument("--cache-type-v", default="f16", metavar="TYPE", help="V cache type: f16, q8_0, ...")
-    run.add_argument("--temperature", type=float, default=0.7)
-    run.add_argument("--top-k", type=int, default=40)
-    run.add_argument("--top-p", type=float, default=0.95)
-    run.add_argument("--min-p", type=float, default=0.05)
-    run.add_argument("--repeat-penalty", type=float, default=1.1)
+    run.add_argument("--flash-attn", choices=["auto", "on", "off"])
+    run.add_argument("--cache-type-k", metavar="TYPE", help="K cache type: f16 (default), q8_0, ...")
+    run.add_argument("--cache-type-v", metavar="TYPE", help="V cache type: f16 (default), q8_0, ...")
+    run.add_argument("--temperature", type=float)
+    run.add_argument("--top-k", type=int)
+    run.add_argument("--top-p", type=float)
+    run.add_argument("--min-p", type=float)
+    run.add_argument("--repeat-penalty", type=float)
     run.add_argument("--seed", type=int)
     run.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
+
+    config = sub.add_parser("config", help="the settings file", description="Show or create the settings file.")
+    config.add_argument(
+        "action",
+        choices=["path", "show", "init"],
+        help="path: where it is · show: effective settings · init: write a commented file",
+    )
     return parser
 
 
-def _load_chat(args: argparse.Namespace):  # -> Chat, imported lazily so --help stays instant
-    from sinkchat.chat import Chat
+def _with(section: Any, **changes: Any) -> Any:
+    """A copy of a settings section with the given (non-None) values, validated again."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return type(section).model_validate({**section.model_dump(), **changes}) if changes else section
 
-    llama_options = {
-        "n_gpu_layers": args.n_gpu_layers,
-        "n_threads": args.threads,
-        "flash_attn": args.flash_attn,
-        "type_k": args.cache_type_k,
-        "type_v": args.cache_type_v,
-    }
-    sampling = {
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "min_p": args.min_p,
-        "repeat_penalty": args.repeat_penalty,
-        "seed": args.seed,
-    }
-    return Chat.load(
-        args.model,
-        n_ctx=args.n_ctx,
-        sink_tokens=args.sink_tokens,
-        system_prompt=args.system,
-        keep_system_prompt=args.keep_system_prompt,
-        discard=args.discard,
-        sampling=sampling,
-        **{k: v for k, v in llama_options.items() if v is not None},
+
+def settings_for_run(args: argparse.Namespace):  # -> Settings
+    """The settings file, overridden by the command line."""
+    from sinkchat.settings import load_settings
+
+    s = load_settings()
+    chat = _with(s.chat, system_prompt=args.system)
+    if args.max_tokens is not None:
+        chat = chat.model_copy(update={"max_tokens": args.max_tokens or None})
+    return s.model_copy(
+        update={
+            "model": _with(
+                s.model,
+                n_gpu_layers=args.n_gpu_layers,
+                threads=args.threads,
+                flash_attn=args.flash_attn,
+                type_k=args.cache_type_k,
+                type_v=args.cache_type_v,
+            ),
+            "cache": _with(
+                s.cache,
+                n_ctx=args.n_ctx,
+                sink_tokens=args.sink_tokens,
+                keep_system_prompt=args.keep_system_prompt,
+                discard=args.discard,
+            ),
+            "chat": chat,
+            "sampling": _with(
+                s.sampling,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                min_p=args.min_p,
+                repeat_penalty=args.repeat_penalty,
+                seed=args.seed,
+            ),
+        }
     )
 
 
+def _frontend(name: str):
+    for entry in entry_points(group=FRONTENDS):
+        if entry.name == name:
+            return entry.load()
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
+    settings = settings_for_run(args)
+    if not args.plain and sys.stdin.isatty() and sys.stdout.isatty():
+        tui = _frontend("tui")
+        if tui is not None:
+            return int(tui(settings, args.model) or 0)
+        print("sinkchat: the full-screen UI is not installed; chatting in line mode", file=sys.stderr)
+
+    from sinkchat.chat import Chat, resolve_model_path
     from sinkchat.plain import run_plain
 
-    if not args.plain and sys.stdin.isatty():
-        print("sinkchat: the full-screen UI is not built yet; chatting in line mode", file=sys.stderr)
+    path = resolve_model_path(args.model or settings.model.default)
     if sys.stdin.isatty():
-        print(f"loading {args.model or 'the embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr)
-    with _load_chat(args) as chat:
-        return run_plain(chat, max_tokens=args.max_tokens)
+        print(f"loading {path.name} ...", file=sys.stderr)
+    with Chat.load(path, **settings.load_options()) as chat:
+        return run_plain(chat, max_tokens=settings.chat.max_tokens)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from sinkchat.settings import config_path, load_settings, write_template
+
+    if args.action == "path":
+        print(config_path())
+    elif args.action == "init":
+        print(f"wrote {write_template()}")
+    else:
+        import json
+
+        print(json.dumps(load_settings().model_dump(mode="json"), indent=2))
+    return 0
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -124,7 +186,9 @@ def _describe(exc: BaseException) -> str:
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        from sinkchat.settings import describe_validation
+
+        return describe_validation(exc)
     return str(exc)
 
 
@@ -139,15 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not verbose:  # llama.cpp's complaints reach the user inside sinkchat's own error messages
         logging.getLogger("llama.cpp").setLevel(logging.CRITICAL + 1)
     try:
-        if args.command == "run":
-            return _run(args)
+        return _run(args) if args.command == "run" else _config(args)
     except KeyboardInterrupt:
         return 130
     except _user_error_types() as exc:
         print(f"sinkchat: error: {_describe(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    parser.error(f"unknown command {args.command}")
-    return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

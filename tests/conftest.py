@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from models.default_model import INSTALL_HINT, default_model_path
+from sinkchat.settings import CONFIG_ENV
 
 
 @pytest.fixture(scope="session")
@@ -14,4 +15,12 @@ def smollm2_path() -> Path:
     path = default_model_path()
     if path is None:
         pytest.fail(f"the test suite needs the embedded model: {INSTALL_HINT}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Never read the developer's own settings file; a test writes its own when it needs one."""
+    path = tmp_path / "config" / "config.toml"
+    monkeypatch.setenv(CONFIG_ENV, str(path))
     return path

@@ -1,0 +1,189 @@
+"""User settings: a TOML file under the platform's config dir, validated with pydantic.
+
+    [model]                       [cache]                 [chat]
+    default = "~/models/x.gguf"   n_ctx = 4096            system_prompt = "You are brief."
+    dir = "~/models"              sink_tokens = 4         max_tokens = 1024
+    n_gpu_layers = -1             keep_system_prompt = true
+                                  discard = 512
+    [sampling]                    [ui]                    [keys]
+    temperature = 0.7             theme = "nord"          "chat.regenerate" = "ctrl+g"
+
+The file is optional; a missing one means the defaults.  ``SINKCHAT_CONFIG`` points at
+another file.  Errors name the file, the line or the setting, and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from models.options import KVCacheType
+from models.sampler import SamplingSettings
+from sinkchat.config import SinkSettings
+from sinkchat.errors import SinkchatError
+
+APP_NAME = "sinkchat"
+CONFIG_ENV = "SINKCHAT_CONFIG"
+
+
+class SettingsError(SinkchatError):
+    """The settings file cannot be read or has invalid values."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Section):
+    default: Path | None = Field(None, description="model loaded when none is given")
+    dir: Path | None = Field(None, description="folder of GGUF files for the model picker")
+    n_gpu_layers: int | None = Field(None, ge=-1, description="-1 all, 0 CPU only; default: all on a GPU build")
+    threads: int | None = Field(None, ge=1)
+    flash_attn: Literal["auto", "on", "off"] = "auto"
+    type_k: KVCacheType = "f16"
+    type_v: KVCacheType = "f16"
+
+    @field_validator("default", "dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
+class CacheSettings(SinkSettings):
+    n_ctx: int = Field(4096, ge=64, le=1 << 20, description="KV-cache size in tokens")
+
+
+class ChatSettings(_Section):
+    system_prompt: str | None = None
+    max_tokens: int | None = Field(1024, ge=1, description="reply limit; unset for none")
+
+
+class UISettings(_Section):
+    theme: str = "textual-dark"
+
+
+class Settings(_Section):
+    model: ModelSettings = ModelSettings()
+    cache: CacheSettings = CacheSettings()
+    chat: ChatSettings = ChatSettings()
+    sampling: SamplingSettings = SamplingSettings()
+    ui: UISettings = UISettings()
+    keys: dict[str, str] = Field(default_factory=dict, description="binding id -> key(s), e.g. 'ctrl+g'")
+
+    def models_dir(self) -> Path:
+        return self.model.dir or default_models_dir()
+
+    def load_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Chat.load`` (its ``llama_options`` included)."""
+        options: dict[str, Any] = {
+            "n_ctx": self.cache.n_ctx,
+            "sink_tokens": self.cache.sink_tokens,
+            "keep_system_prompt": self.cache.keep_system_prompt,
+            "discard": self.cache.discard,
+            "system_prompt": self.chat.system_prompt,
+            "sampling": self.sampling,
+            "flash_attn": self.model.flash_attn,
+            "type_k": self.model.type_k,
+            "type_v": self.model.type_v,
+        }
+        if self.model.n_gpu_layers is not None:
+            options["n_gpu_layers"] = self.model.n_gpu_layers
+        if self.model.threads is not None:
+            options["n_threads"] = self.model.threads
+        return options
+
+
+def config_path() -> Path:
+    override = os.environ.get(CONFIG_ENV)
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_config_path
+
+    return user_config_path(APP_NAME, appauthor=False) / "config.toml"
+
+
+def default_models_dir() -> Path:
+    from platformdirs import user_data_path
+
+    return user_data_path(APP_NAME, appauthor=False) / "models"
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """One line per problem: ``cache.n_ctx: Input should be greater than or equal to 64``."""
+    return "\n".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read the settings file (defaults when it does not exist)."""
+    path = path or config_path()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Settings()
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{path} is not UTF-8 text") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path} is not valid TOML: {exc}") from exc
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(f"{path} has invalid settings:\n{describe_validation(exc)}") from exc
+
+
+TEMPLATE = """\
+# sinkchat settings.  Every entry is optional; delete what you do not need.
+
+[model]
+# default = "~/models/my-model.gguf"    # loaded when `sinkchat run` gets no --model
+# dir = "~/models"                      # GGUF files listed in the model picker
+# n_gpu_layers = -1                     # -1 all, 0 CPU only (default: all on a GPU build)
+# threads = 4
+# flash_attn = "auto"                   # auto | on | off
+# type_k = "f16"                        # KV cache types: f16, q8_0, q4_0, ...
+# type_v = "f16"
+
+[cache]
+n_ctx = 4096                            # the fixed memory budget, in tokens
+sink_tokens = 4                         # first tokens always kept (attention sinks)
+keep_system_prompt = true               # pin the whole system prompt
+# discard = 1024                        # tokens a shift aims to free (default: window / 4)
+
+[chat]
+# system_prompt = "You are a helpful assistant."
+max_tokens = 1024
+
+[sampling]
+temperature = 0.7
+top_k = 40
+top_p = 0.95
+min_p = 0.05
+repeat_penalty = 1.1
+# seed = 42
+
+[ui]
+theme = "textual-dark"
+
+[keys]
+# Remap any binding by its id (F1 lists them), e.g.:
+# "chat.regenerate" = "ctrl+g"
+"""
+
+
+def write_template(path: Path | None = None) -> Path:
+    """Create a commented settings file; never overwrites an existing one."""
+    path = path or config_path()
+    if path.exists():
+        raise SettingsError(f"{path} already exists")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(TEMPLATE, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,139 @@
+"""A scripted stand-in for ``sinkchat.Chat``: the UI tests run without a model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.sampler import SamplingSettings
+from sinkchat.errors import SinkchatError
+from sinkchat.settings import Settings
+from sinkchat.stats import ChatStats
+
+
+@dataclass
+class FakeReply:
+    finish_reason: str
+    n_tokens: int
+
+
+@dataclass
+class FakeChat:
+    """Replies with scripted text, piece by piece, and keeps stats that move like a sink cache's."""
+
+    replies: list[str] = field(default_factory=lambda: ["Hello! How can I help?"])
+    delay: float = 0.0
+    model_name: str = "fake-model.Q4_K_M"
+    device: str = "CPU"
+    n_ctx: int = 256
+    system_prompt: str | None = None
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    last_reply: FakeReply | None = None
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._next = 0
+        self.n_cached = self.n_pinned = 21
+        self.shifts = self.evicted = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    @property
+    def stats(self) -> ChatStats:
+        return ChatStats(
+            n_ctx=self.n_ctx,
+            n_cached=self.n_cached,
+            n_pinned=self.n_pinned,
+            shifts=self.shifts,
+            evicted_tokens=self.evicted,
+            fallbacks=0,
+            can_shift=True,
+            tokens_per_second=42.0 if self.last_reply else None,
+            prompt_tokens_per_second=None,
+            last_shift_ms=None,
+            rss_bytes=180 * 2**20,
+        )
+
+    def _add_tokens(self, n: int) -> None:
+        self.n_cached += n
+        while self.n_cached > self.n_ctx:
+            self.shifts += 1
+            self.evicted += 60
+            self.n_cached -= 60
+
+    def _stream(self, max_tokens: int | None) -> Iterator[str]:
+        text = self.replies[self._next % len(self.replies)]
+        self._next += 1
+        pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
+        out, finish = [], "eos"
+        for i, piece in enumerate(pieces):
+            if self._cancel.is_set():
+                finish = "cancelled"
+                break
+            if max_tokens is not None and i >= max_tokens:
+                finish = "length"
+                break
+            time.sleep(self.delay)
+            self._add_tokens(1)
+            out.append(piece)
+            yield piece
+        self.messages.append({"role": "assistant", "content": "".join(out)})
+        self.last_reply = FakeReply(finish, len(out))
+
+    def send(self, text: str, *, max_tokens: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+        with self._lock:
+            self._cancel.clear()
+            self.calls.append(f"send:{text}")
+            self.messages.append({"role": "user", "content": text})
+            self._add_tokens(len(text) // 4 + 5)
+            yield from self._stream(max_tokens)
+
+    def regenerate(self, *, max_tokens: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+        with self._lock:
+            if not self.messages or self.messages[-1]["role"] != "assistant":
+                raise SinkchatError("there is no reply to regenerate yet")
+            self._cancel.clear()
+            self.calls.append("regenerate")
+            self.messages.pop()
+            yield from self._stream(max_tokens)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def reset(self, system_prompt: str | None = None) -> None:
+        self.calls.append(f"reset:{system_prompt}")
+        self.system_prompt = system_prompt
+        self.messages = []
+        self.n_cached = self.n_pinned
+
+    def rebuild(self, system_prompt: str | None = None) -> int:
+        self.calls.append(f"rebuild:{system_prompt}")
+        self.system_prompt = system_prompt
+        return len(self.messages) // 2
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeFactory:
+    """A ``ChatFactory`` that hands out FakeChats and records what was loaded."""
+
+    def __init__(self, **chat_options: object) -> None:
+        self.options = chat_options
+        self.loaded: list[Path] = []
+        self.chats: list[FakeChat] = []
+
+    def __call__(self, path: Path, settings: Settings) -> FakeChat:
+        self.loaded.append(path)
+        chat = FakeChat(model_name=path.stem, n_ctx=settings.cache.n_ctx, **self.options)  # type: ignore[arg-type]
+        self.chats.append(chat)
+        return chat

@@ -1,0 +1,106 @@
+"""Snapshots of the main screens (pytest-textual-snapshot).  Update with ``pytest --snapshot-update``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from models.local_models import LocalModel
+from sinkchat.settings import CONFIG_ENV, Settings
+from tests.fake_chat import FakeFactory
+from tui.app import SinkchatApp
+from tui.screens.chat import ChatScreen
+from tui.widgets.composer import Composer
+
+SIZE = (100, 32)
+MODEL = Path("/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+REPLY = """Here is a function that adds two numbers:
+
+```python
+def add(a: int, b: int) -> int:
+    return a + b
+```
+
+Call it as `add(2, 3)`; it returns **5**."""
+LISTED = [
+    LocalModel(
+        path=MODEL,
+        source="embedded",
+        size_bytes=98_362_432,
+        quantization="Q4_1",
+        architecture="llama",
+        context_length=8192,
+    ),
+    LocalModel(
+        path=Path("/models/Qwen2.5-1.5B-Instruct-Q4_K_M.gguf"),
+        source="models folder",
+        size_bytes=986_048_768,
+        quantization="Q4_K_M",
+        architecture="qwen2",
+        context_length=32768,
+    ),
+    LocalModel(
+        path=Path("/models/broken-download.gguf"),
+        source="models folder",
+        size_bytes=40_000_000,
+        problem="broken-download.gguf is truncated",
+    ),
+]
+
+
+@pytest.fixture(autouse=True)
+def fixed_config_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The help screen shows the settings path: keep it the same on every machine."""
+    monkeypatch.setenv(CONFIG_ENV, "/home/user/.config/sinkchat/config.toml")
+
+
+def app() -> SinkchatApp:
+    settings = Settings.model_validate({"cache": {"n_ctx": 512}})
+    return SinkchatApp(settings, model_path=MODEL, chat_factory=FakeFactory(replies=[REPLY]), local_models=LISTED)
+
+
+async def settle(pilot: Pilot, predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        await pilot.pause(0.02)
+    await pilot.pause(0.2)  # notifications are posted as messages: let them arrive, then drop them
+    pilot.app.clear_notifications()
+    for composer in pilot.app.query(Composer):
+        composer.cursor_blink = False
+    await pilot.pause(0.1)
+
+
+async def chatted(pilot: Pilot) -> None:
+    await settle(pilot, lambda: pilot.app.chat is not None)
+    screen = pilot.app.screen
+    assert isinstance(screen, ChatScreen)
+    for i, word in enumerate(["Write", "an", "add", "function", "in", "Python"]):
+        await pilot.press(*(["space"] if i else []), *word)
+    await pilot.press("enter")
+    await settle(pilot, lambda: screen.replies_done == 1)
+
+
+def test_chat_screen(snap_compare) -> None:
+    assert snap_compare(app(), terminal_size=SIZE, run_before=chatted)
+
+
+def test_help_screen(snap_compare) -> None:
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot, lambda: pilot.app.chat is not None)
+        await pilot.press("f1")
+        await settle(pilot, lambda: pilot.app.screen.query(DataTable))
+
+    assert snap_compare(app(), terminal_size=SIZE, run_before=run_before)
+
+
+def test_model_picker(snap_compare) -> None:
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot, lambda: pilot.app.chat is not None)
+        await pilot.press("ctrl+o")
+        await settle(pilot, lambda: any(t.row_count == 3 for t in pilot.app.screen.query(DataTable)))
+
+    assert snap_compare(app(), terminal_size=SIZE, run_before=run_before)

