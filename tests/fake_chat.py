@@ -26,6 +26,7 @@ class FakeChat:
 
     replies: list[str] = field(default_factory=lambda: ["Hello! How can I help?"])
     delay: float = 0.0
+    prompt_delay: float = 0.0
     model_name: str = "fake-model.Q4_K_M"
     device: str = "CPU"
     n_ctx: int = 256
@@ -93,6 +94,10 @@ class FakeChat:
         with self._lock:
             self._cancel.clear()
             self.calls.append(f"send:{text}")
+            time.sleep(self.prompt_delay)
+            if self._cancel.is_set():  # cancelled while "reading" the prompt: dropped, like Chat does
+                self.last_reply = FakeReply("cancelled", 0)
+                return
             self.messages.append({"role": "user", "content": text})
             self._add_tokens(len(text) // 4 + 5)
             yield from self._stream(max_tokens)

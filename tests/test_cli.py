@@ -62,7 +62,9 @@ def test_bad_settings_are_named() -> None:
 def test_context_smaller_than_the_pins() -> None:
     system = "You are a helpful assistant who answers briefly. " * 4
     assert_clean_error(sinkchat("run", "--plain", "--n-ctx", "64", "--system", system), "n_ctx of at least")
-    assert_clean_error(sinkchat("run", "--plain", "--n-ctx", "40"), "n_ctx: Input should be greater than or equal to 64")
+    assert_clean_error(
+        sinkchat("run", "--plain", "--n-ctx", "40"), "n_ctx: Input should be greater than or equal to 64"
+    )
 
 
 @pytest.mark.slow

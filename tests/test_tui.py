@@ -303,3 +303,18 @@ async def test_real_model_streams_a_reply(smollm2_path: Path) -> None:
         assert f"/{256}" in status_text(screen)
     app.chat.close()
     await asyncio.sleep(0)
+
+
+async def test_stopping_while_a_long_message_is_read_gives_it_back() -> None:
+    factory = FakeFactory(prompt_delay=0.5)
+    async with make_app(factory).run_test() as pilot:
+        screen = await ready(pilot)
+        await type_text(pilot, "a long paste")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: screen.replying)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not screen.replying)
+        await pilot.pause(0.1)
+        assert not screen.query(UserMessage) and not screen.query(AssistantMessage)
+        assert screen.query_one(Composer).text == "a long paste"
+        assert factory.chats[0].messages == []

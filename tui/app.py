@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -119,8 +120,13 @@ def run(settings: Settings, model_path: Path | None = None) -> int:
     try:
         app.run()
     finally:
-        if app.chat is not None:
-            app.chat.close()
+        chat = app.chat
+        if chat is not None:
+            chat.cancel()
+            deadline = time.monotonic() + 10
+            while chat.busy and time.monotonic() < deadline:  # a reply worker ends at its next token
+                time.sleep(0.01)
+            chat.close()
     return app.return_code or 0
 
 

@@ -25,7 +25,14 @@ COMPOSER = [
     Binding("enter", "send", "Send", id="composer.send", priority=True, show=False),
     Binding("ctrl+j,alt+enter,shift+enter", "newline", "Newline", id="composer.newline", priority=True, show=False),
 ]
-ALL = [*APP, *CHAT, *COMPOSER]
+DIALOG = [Binding("escape", "dismiss(None)", "Close dialog", id="dialog.close")]
+SAVE = [Binding("ctrl+s", "save", "Save system prompt", id="dialog.save")]
+HELP = [Binding("escape,f1,q", "dismiss", "Close help", id="help.close")]
+WELCOME = [
+    Binding("ctrl+o", "app.pick_model", "Choose a local model", id="welcome.pick"),
+    Binding("ctrl+q", "app.quit", "Quit", id="welcome.quit"),
+]
+ALL = [*APP, *CHAT, *COMPOSER, *DIALOG, *SAVE, *HELP, *WELCOME]
 IDS = {b.id for b in ALL if b.id}
 
 

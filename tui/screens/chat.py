@@ -66,9 +66,9 @@ class ChatScreen(Screen[None]):
             self.view, self.text = view, text
 
     class ReplyDone(Message):
-        def __init__(self, view: AssistantMessage, note: str | None) -> None:
+        def __init__(self, view: AssistantMessage, note: str | None, dropped: UserMessage | None = None) -> None:
             super().__init__()
-            self.view, self.note = view, note
+            self.view, self.note, self.dropped = view, note, dropped
 
     class TaskDone(Message):
         def __init__(self, note: str, clear: bool = False) -> None:
@@ -156,26 +156,33 @@ class ChatScreen(Screen[None]):
             return
         self.query_one(Composer).clear()
         messages = self.query_one("#messages", VerticalScroll)
-        await messages.mount(UserMessage(event.text))
+        question = UserMessage(event.text)
+        await messages.mount(question)
         view = AssistantMessage()
         await messages.mount(view)
         messages.anchor()
         text, max_tokens = event.text, self.sink_app.max_tokens
-        self.start_reply(view, lambda chat: chat.send(text, max_tokens=max_tokens))
+        self.start_reply(view, lambda chat: chat.send(text, max_tokens=max_tokens), question)
 
-    def start_reply(self, view: AssistantMessage, run: Callable[[ChatBackend], Iterator[str]]) -> None:
+    def start_reply(
+        self, view: AssistantMessage, run: Callable[[ChatBackend], Iterator[str]], question: UserMessage | None = None
+    ) -> None:
         view.start()
         self.replying = True
         self.set_state("replying … (Esc stops)")
-        self.reply_worker(view, run)
+        self.reply_worker(view, run, question)
 
     @work(thread=True, group="llm", exit_on_error=False, name="reply")
-    def reply_worker(self, view: AssistantMessage, run: Callable[[ChatBackend], Iterator[str]]) -> None:
+    def reply_worker(
+        self, view: AssistantMessage, run: Callable[[ChatBackend], Iterator[str]], question: UserMessage | None
+    ) -> None:
         chat = self.chat
         assert chat is not None
         pending: list[str] = []
         sent_at = time.monotonic()
         note: str | None = "error"
+        n_messages = len(chat.messages)
+        dropped = None
         try:
             for piece in run(chat):
                 pending.append(piece)
@@ -184,16 +191,26 @@ class ChatScreen(Screen[None]):
                     pending, sent_at = [], time.monotonic()
             end = chat.last_reply
             note = FINISH_NOTES.get(end.finish_reason) if end is not None else None
+            if question is not None and len(chat.messages) == n_messages:
+                dropped = question  # stopped while the message was still being read: it was not sent
         finally:
             if pending:
                 self.post_message(self.Chunk(view, "".join(pending)))
-            self.post_message(self.ReplyDone(view, note))
+            self.post_message(self.ReplyDone(view, note, dropped))
 
     async def on_chat_screen_chunk(self, message: Chunk) -> None:
         await message.view.write(message.text)
 
     async def on_chat_screen_reply_done(self, message: ReplyDone) -> None:
-        await message.view.finish(message.note)
+        if message.dropped is not None:
+            composer = self.query_one(Composer)
+            if not composer.text:
+                composer.text = message.dropped.text  # give the unsent message back
+            await message.dropped.remove()
+            await message.view.remove()
+            self.notify("Stopped before the message was read; it was not sent.")
+        else:
+            await message.view.finish(message.note)
         self.replying = False
         self.replies_done += 1
         self.set_state("")

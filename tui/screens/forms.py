@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
 from models.sampler import SamplingSettings
 from sinkchat.settings import describe_validation
+from tui import keys
 
 
 class SystemPromptScreen(ModalScreen[str | None]):
@@ -22,7 +22,7 @@ class SystemPromptScreen(ModalScreen[str | None]):
     Dismisses with the new prompt ("" for the model's default), or None when cancelled.
     """
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel"), Binding("ctrl+s", "save", "Save")]
+    BINDINGS = [*keys.DIALOG, *keys.SAVE]
 
     def __init__(self, current: str | None) -> None:
         super().__init__()
@@ -61,7 +61,7 @@ class SamplingChoice:
 class SamplingScreen(ModalScreen[SamplingChoice | None]):
     """Temperature, top-p and reply length for this chat; invalid values are named, not applied."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+    BINDINGS = keys.DIALOG
 
     def __init__(self, sampling: SamplingSettings, max_tokens: int | None) -> None:
         super().__init__()

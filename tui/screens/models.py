@@ -8,13 +8,13 @@ from pathlib import Path
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from models.default_model import INSTALL_HINT
 from models.local_models import LocalModel
+from tui import keys
 
 Scanner = Callable[[], list[LocalModel]]
 
@@ -30,7 +30,7 @@ def human_size(n: int) -> str:
 class ModelPickerScreen(ModalScreen[Path | None]):
     """Lists models without loading them; Enter starts a new chat with the chosen one."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+    BINDINGS = keys.DIALOG
 
     def __init__(self, scan: Scanner, models_dir: Path, current: Path | None = None) -> None:
         super().__init__()

@@ -10,19 +10,16 @@ from pathlib import Path
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from models.default_model import INSTALL_HINT
+from tui import keys
 
 
 class NoModelScreen(Screen[None]):
-    BINDINGS = [
-        Binding("ctrl+o", "app.pick_model", "Choose a local model"),
-        Binding("ctrl+q", "app.quit", "Quit"),
-    ]
+    BINDINGS = keys.WELCOME
 
     def __init__(self, models_dir: Path, reason: str | None = None) -> None:
         super().__init__()

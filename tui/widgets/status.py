@@ -22,12 +22,13 @@ def gauge(stats: ChatStats, width: int = BAR) -> Text:
     return bar
 
 
-def status_line(stats: ChatStats | None, state: str = "") -> Text:
+def status_line(stats: ChatStats | None, state: str = "", *, bar: int = BAR, compact: bool = False) -> Text:
     """``cache ▕███░░▏ 143/256 · 21 pinned │ 3 shifts · 640 evicted │ 86.5 tok/s │ RSS 196 MiB``."""
     line = Text(" ")
     if stats is not None:
-        line.append("cache ")
-        line.append_text(gauge(stats))
+        if not compact:
+            line.append("cache ")
+        line.append_text(gauge(stats, bar))
         line.append(f" {stats.n_cached}/{stats.n_ctx}")
         line.append(f" · {stats.n_pinned} pinned", style="magenta")
         line.append(f" │ {stats.shifts} shift{'' if stats.shifts == 1 else 's'} · {stats.evicted_tokens} evicted")
@@ -35,7 +36,7 @@ def status_line(stats: ChatStats | None, state: str = "") -> Text:
             line.append(f" · {stats.fallbacks} re-prefills", style="yellow")
         if stats.tokens_per_second:
             line.append(f" │ {stats.tokens_per_second:.1f} tok/s")
-        line.append(f" │ RSS {stats.rss_bytes / 2**20:.0f} MiB")
+        line.append(f" │ {'' if compact else 'RSS '}{stats.rss_bytes / 2**20:.0f} MiB")
         if state:
             line.append(" │ ")
     line.append(state, style="italic")
@@ -43,5 +44,11 @@ def status_line(stats: ChatStats | None, state: str = "") -> Text:
 
 
 class StatusBar(Static):
+    """One line; on a narrow terminal the gauge shrinks before anything is cut."""
+
     def show(self, stats: ChatStats | None, state: str = "") -> None:
-        self.update(status_line(stats, state))
+        width = self.size.width or 200
+        line = status_line(stats, state)
+        if line.cell_len > width:
+            line = status_line(stats, state, bar=8, compact=True)
+        self.update(line)
