@@ -161,7 +161,8 @@ class Chat:
         """Start a new conversation (optionally with another system prompt) in the same cache."""
         with self._exclusive():
             opening = self._turns.opening(system_prompt)
-            tokens = self._tokenize(opening, first=True, content=system_prompt)
+            at = self._turns.content_at(opening, system_prompt, self._turns.opening) if system_prompt else None
+            tokens = self._tokenize(opening, first=True, content=system_prompt, at=at)
             starts_with_bos = tokens[0] == self.model.bos if tokens else self.model.add_bos
             pin_target = self.sinks.sink_tokens + (1 if starts_with_bos else 0)
             # The template's own default system prompt (if it injects one) is pinned like a given one.
@@ -281,13 +282,13 @@ class Chat:
         with self._exclusive():
             base = list(self.messages)
             pairs = [(history[i]["content"], history[i + 1]["content"]) for i in range(0, len(history) - 1, 2)]
-            costs, seen = [], list(base)
-            for user, reply in pairs:
-                costs.append(len(self._exchange_tokens(seen, user, reply)))
-                seen += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
-            budget, first = self.engine.layout.window * 3 // 4, len(pairs)
-            while first > 0 and sum(costs[first - 1 :]) <= budget:
-                first -= 1
+            # Newest first, only as far back as fits: a days-long history is not tokenized whole.
+            budget, used, first = self.engine.layout.window * 3 // 4, 0, len(pairs)
+            while first > 0:
+                cost = len(self._exchange_tokens(base + history[: 2 * (first - 1)], *pairs[first - 1]))
+                if used + cost > budget:
+                    break
+                used, first = used + cost, first - 1
             seen = base + history[: 2 * first]
             for group, (user, reply) in enumerate(pairs[first:], start=first + 1):
                 self._feed_user(group, seen, user, logits=False)
@@ -334,7 +335,8 @@ class Chat:
     ) -> int | None:
         """Feed a user turn and the reply's opening; the number of tokens, or None if cancelled."""
         turn = self._turns.user(history, text)
-        user_tokens = self._tokenize(turn.message, first=not self.engine.tokens, content=text)
+        at = self._turns.content_at(turn.message, text, lambda c: self._turns.user(history, c).message)
+        user_tokens = self._tokenize(turn.message, first=not self.engine.tokens, content=text, at=at)
         prompt = self._tokenize(turn.generation_prompt)
         if self._first_group is None:
             self._first_group = group
@@ -344,6 +346,7 @@ class Chat:
         return len(user_tokens) + len(prompt)
 
     def _exchange_tokens(self, history: Sequence[Message], user: str, reply: str) -> list[int]:
+        """The tokens of one whole exchange (a good estimate of its size in the cache)."""
         turn = self._turns.user(history, user)
         closing = self._turns.closing([*history, {"role": "user", "content": user}])
         return (
@@ -427,18 +430,26 @@ class Chat:
             self.last_reply = ReplyInfo(finish, n, prompt_tokens, time.perf_counter() - started, prompt_seconds)
 
     def _tokenize(
-        self, text: str, *, first: bool = False, parse_special: bool = True, content: str | None = None
+        self,
+        text: str,
+        *,
+        first: bool = False,
+        parse_special: bool = True,
+        content: str | None = None,
+        at: int | None = None,
     ) -> list[int]:
         """Template text to tokens; BOS is added only at the very start, and only if the template did not.
 
-        ``content`` is the part of ``text`` that a person typed: it is read literally, so
-        a pasted ``<|im_end|>`` stays text and cannot break the chat's structure.
+        ``content`` (found at ``at``, else searched for) is the part of ``text`` that a
+        person typed: it is read literally, so a pasted ``<|im_end|>`` stays text and
+        cannot break the chat's structure.
         """
         if not text:
             return []
         add_bos = first and self.model.add_bos and not text.startswith(self.model.token_text(self.model.bos))
-        at = text.find(content) if content and parse_special else -1
-        if at < 0:
+        if content and parse_special and at is None:
+            at = text.find(content)
+        if not content or not parse_special or at is None or at < 0:
             return self.model.tokenize(text, add_special=add_bos, parse_special=parse_special)
         head, tail = text[:at], text[at + len(content) :]
         return (

@@ -80,6 +80,20 @@ class TurnRenderer:
         at = text.rfind(_SENTINEL)
         return text[at + len(_SENTINEL) :] if at >= 0 else ""
 
+    def content_at(self, text: str, content: str, render: Callable[[str], str]) -> int | None:
+        """Where ``content`` sits in ``text == render(content)``: found by rendering a sentinel.
+
+        Searching for the content itself could hit the template's own markup (a message
+        that reads "user" matches ``<|im_start|>user``).  None when the template alters
+        the content (for example trims it).
+        """
+        probe = render(_SENTINEL)
+        at = probe.find(_SENTINEL)
+        if at < 0:
+            return None
+        prefix, suffix = probe[:at], probe[at + len(_SENTINEL) :]
+        return at if text == prefix + content + suffix else None
+
     def _delta(self, before: Sequence[Message], after: Sequence[Message]) -> str:
         old = self._render(before, False)
         new = self._render(after, False)

@@ -95,3 +95,18 @@ def test_templates_run_sandboxed() -> None:
     evil = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(TemplateError):
         ChatTemplate(evil).render([], False)
+
+
+def test_content_is_located_by_structure_not_by_search() -> None:
+    renderer = TurnRenderer(ChatTemplate(CHATML_TEMPLATE).render)
+    history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+
+    def message(content: str) -> str:
+        return renderer.user(history, content).message
+
+    text = message("user")
+    assert text == "<|im_start|>user\nuser<|im_end|>\n"
+    assert renderer.content_at(text, "user", message) == len("<|im_start|>user\n")  # not 12, inside the marker
+    trimming = TurnRenderer(ChatTemplate(LLAMA3_LIKE, bos_token="<s>").render)
+    padded = trimming.user(history, "  hi  ").message
+    assert trimming.content_at(padded, "  hi  ", lambda c: trimming.user(history, c).message) is None
