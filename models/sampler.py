@@ -56,11 +56,5 @@ class Sampler(NativeHandle):
         """Draw the next token from the last output logits (and remember it for the penalty)."""
         return int(self._lib.llama_sampler_sample(self.ptr, ctx.ptr, -1))
 
-    def accept(self, token: int) -> None:
-        self._lib.llama_sampler_accept(self.ptr, token)
-
-    def reset(self) -> None:
-        self._lib.llama_sampler_reset(self.ptr)
-
     def _free(self, ptr: object) -> None:
         self._lib.llama_sampler_free(ptr)

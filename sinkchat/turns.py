@@ -20,6 +20,7 @@ Render = Callable[[Sequence[Message], bool], str]
 """``render(messages, add_generation_prompt) -> text``, the model's own template."""
 
 _SENTINEL = "\ue000sinkchat-reply\ue001"
+RECENT_MESSAGES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +66,22 @@ class TurnRenderer:
         """Text that starts the chat: the system message, or the template's implicit opening."""
         return self._render([{"role": "system", "content": system}] if system else [], False)
 
+    @staticmethod
+    def _recent(history: Sequence[Message]) -> list[Message]:
+        """The system message and the last two exchanges: all a new turn's markup depends on.
+
+        Rendering the whole history would make every turn slower as a chat goes on forever.
+        """
+        system = [m for m in history[:1] if m["role"] == "system"]
+        rest = history[len(system) :]
+        start = max(0, len(rest) - RECENT_MESSAGES)
+        while start > 0 and rest[start]["role"] != "user":  # templates that check user/assistant alternation
+            start -= 1
+        return [*system, *rest[start:]]
+
     def user(self, history: Sequence[Message], content: str) -> UserTurn:
         """Text for a new user message after ``history``, and the reply's opening."""
+        history = self._recent(history)
         after = [*history, {"role": "user", "content": content}]
         message = self._delta(history, after)
         closed = self._render(after, False)
@@ -76,7 +91,7 @@ class TurnRenderer:
 
     def closing(self, history: Sequence[Message]) -> str:
         """Text the template puts after an assistant reply (e.g. ``<|im_end|>\\n``)."""
-        text = self._render([*history, {"role": "assistant", "content": _SENTINEL}], False)
+        text = self._render([*self._recent(history), {"role": "assistant", "content": _SENTINEL}], False)
         at = text.rfind(_SENTINEL)
         return text[at + len(_SENTINEL) :] if at >= 0 else ""
 

@@ -110,3 +110,39 @@ def test_content_is_located_by_structure_not_by_search() -> None:
     trimming = TurnRenderer(ChatTemplate(LLAMA3_LIKE, bos_token="<s>").render)
     padded = trimming.user(history, "  hi  ").message
     assert trimming.content_at(padded, "  hi  ", lambda c: trimming.user(history, c).message) is None
+
+
+@pytest.mark.parametrize("source", ["smollm2", LLAMA3_LIKE])
+def test_a_long_chat_renders_each_turn_from_recent_history_only(source: str) -> None:
+    template = smollm2_template() if source == "smollm2" else ChatTemplate(source, bos_token="<s>")
+    turns = [(f"question {i}", f"answer {i}") for i in range(12)]
+    calls: list[int] = []
+
+    def counting_render(messages, add_generation_prompt):
+        calls.append(len(messages))
+        return template.render(messages, add_generation_prompt)
+
+    counted = ChatTemplate.__new__(ChatTemplate)
+    counted.render = counting_render  # type: ignore[method-assign]
+    history = [
+        {"role": role, "content": text}
+        for user, reply in turns
+        for role, text in (("user", user), ("assistant", reply))
+    ]
+    assert incremental_transcript(counted, None, turns) == template.render(history, False)
+    assert max(calls) <= 6  # never the whole history
+
+
+def test_recent_history_always_starts_with_a_user_message() -> None:
+    strict = (
+        "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('roles must alternate') }}{% endif %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    turns = [(f"q{i}", f"a{i}") for i in range(7)]
+    history = [
+        {"role": role, "content": text}
+        for user, reply in turns
+        for role, text in (("user", user), ("assistant", reply))
+    ]
+    assert incremental_transcript(ChatTemplate(strict), None, turns) == ChatTemplate(strict).render(history, False)
