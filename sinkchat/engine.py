@@ -119,22 +119,18 @@ class SinkEngine:
 
     def truncate(self, n_keep: int) -> None:
         """Drop every position from ``n_keep`` on (undo of a cancelled prompt)."""
-        if n_keep >= len(self.tokens):
-            return
-        if not self.ctx.seq_rm(n_keep, -1):
-            self.ctx.clear()
-            self.ctx.decode(self.tokens[:n_keep], 0, "none")
-            self.fallbacks += 1
-        del self.tokens[n_keep:]
-        self.layout.truncate(n_keep)
+        if n_keep < len(self.tokens):
+            self._rollback(n_keep)
 
     def _rollback(self, n_keep: int) -> None:
+        """Cut cache, mirror and layout back to ``n_keep`` tokens (the cache may hold more than the mirror)."""
         del self.tokens[n_keep:]
         if self.layout.n_cached > n_keep:
             self.layout.truncate(n_keep)
         if not self.ctx.seq_rm(n_keep, -1):
             self.ctx.clear()
             self.ctx.decode(self.tokens, 0, "none")
+            self.fallbacks += 1
 
     def _reprefill(self, start: int) -> None:
         """Fallback for caches that cannot shift: evaluate the kept tokens again.

@@ -250,8 +250,14 @@ class ChatScreen(Screen[None]):
 
     def action_new_chat(self) -> None:
         chat = self.ready()
-        if chat is not None:
-            self.task_worker(lambda: (chat.reset(chat.system_prompt), "New chat")[1], clear=True)
+        if chat is None:
+            return
+
+        def reset() -> str:
+            chat.reset(chat.system_prompt)
+            return "New chat"
+
+        self.task_worker(reset, clear=True)
 
     def action_system_prompt(self) -> None:
         chat = self.ready()
