@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,8 @@ def write_gguf(path: Path, arch: str) -> Path:
     return path
 
 
-def test_reads_the_embedded_model_quickly(smollm2_path: Path) -> None:
-    started = time.perf_counter()
+def test_reads_the_embedded_model_without_loading_it(smollm2_path: Path) -> None:
     info = read_gguf(smollm2_path)
-    assert time.perf_counter() - started < 5  # generous: the point is "no model load"
     assert info.architecture == "llama"
     assert info.context_length == 8192
     assert info.chat_template and "<|im_start|>" in info.chat_template

@@ -108,11 +108,9 @@ async def test_keys_stay_responsive_while_a_reply_streams() -> None:
         await type_text(pilot, "start")
         await pilot.press("enter")
         await wait_until(pilot, lambda: screen.replying)
-        started = time.monotonic()
         await type_text(pilot, "next question")
         assert screen.query_one(Composer).text == "next question"
         assert screen.replying  # typed while the reply was still streaming
-        assert time.monotonic() - started < 2.0
         await pilot.press("escape")
         await wait_until(pilot, lambda: not screen.replying)
 
@@ -317,3 +315,21 @@ async def test_stopping_while_a_long_message_is_read_gives_it_back() -> None:
         assert not screen.query(UserMessage) and not screen.query(AssistantMessage)
         assert screen.query_one(Composer).text == "a long paste"
         assert factory.chats[0].messages == []
+
+
+async def test_the_view_follows_the_reply_until_the_user_scrolls_up() -> None:
+    factory = FakeFactory(replies=["line of text\n\n" * 120], delay=0.005)
+    async with make_app(factory).run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot)
+        await type_text(pilot, "go")
+        await pilot.press("enter")
+        messages = screen.query_one("#messages")
+        await wait_until(pilot, lambda: messages.max_scroll_y > 10)
+        await pilot.pause(0.1)
+        assert messages.scroll_y >= messages.max_scroll_y - 2  # following the end
+        messages.focus()
+        await pilot.press("home")  # the user scrolls up, as with the keyboard or the wheel
+        await pilot.pause(0.2)
+        held = messages.scroll_y
+        await wait_until(pilot, lambda: not screen.replying, timeout=10)
+        assert messages.scroll_y == held < messages.max_scroll_y  # it stayed where the user put it
