@@ -71,6 +71,7 @@ async def settle(pilot: Pilot, predicate, timeout: float = 5.0) -> None:
     pilot.app.clear_notifications()
     for composer in pilot.app.query(Composer):
         composer.cursor_blink = False
+        composer.refresh()  # a cursor caught in its "off" phase is not repainted by the line above
     await pilot.pause(0.1)
 
 
