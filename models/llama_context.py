@@ -129,6 +129,41 @@ class LlamaContext(NativeHandle):
     def clear(self) -> None:
         self._lib.llama_memory_clear(self.memory, True)
 
+    # -- sequence state (KV snapshots) ------------------------------------------------
+
+    def save_state(self) -> bytes:
+        """The KV cache of the sequence as bytes (only its cells; device memory is copied to the host).
+
+        Restoring it into a context of the same model and cache settings continues the
+        sequence without evaluating its tokens again.
+        """
+        import ctypes
+
+        size = int(self._lib.llama_state_seq_get_size(self.ptr, SEQ))
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(self._lib.llama_state_seq_get_data(self.ptr, buffer, size, SEQ))
+        if written == 0 and size:
+            raise DecodeError("llama.cpp could not copy the KV cache of the sequence")
+        return bytes(memoryview(buffer)[:written])
+
+    def load_state(self, data: bytes) -> None:
+        """Replace the sequence's cache with saved bytes; raises when llama.cpp rejects them.
+
+        llama.cpp checks the layer count, cell count and K/V types; a rejected load leaves
+        the sequence empty.
+        """
+        import ctypes
+
+        self.clear()
+        llama_log.clear()
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        read = int(self._lib.llama_state_seq_set_data(self.ptr, buffer, len(data), SEQ))
+        if read == 0:
+            self.clear()
+            problems = llama_log.recent_problems(2)
+            detail = f": {problems[-1]}" if problems else ""
+            raise DecodeError(f"llama.cpp rejected the saved KV cache{detail}")
+
     def _free(self, ptr: object) -> None:
         self._lib.llama_batch_free(self._batch)
         self._lib.llama_free(ptr)

@@ -37,6 +37,16 @@ def ensure_backend() -> None:
         _backend_ready = True
 
 
+def backend_version() -> str:
+    """llama-cpp-python's version: its saved KV state is only read back by the same build."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama_cpp_python")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _describe_failure(path: Path, info: GGUFInfo) -> ModelError:
     problems = llama_log.recent_problems()
     text = "\n".join(problems)

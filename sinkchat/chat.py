@@ -33,8 +33,9 @@ from models.sampler import Sampler, SamplingSettings
 from sinkchat.config import MIN_WINDOW, SinkSettings
 from sinkchat.engine import SinkEngine
 from sinkchat.errors import BusyError, ContextTooSmallError, SinkchatError
-from sinkchat.layout import Role
+from sinkchat.layout import CacheLayout, Role, Segment
 from sinkchat.policy import SinkPolicy
+from sinkchat.snapshot import CacheState, SegmentState
 from sinkchat.stats import ChatStats, process_rss
 from sinkchat.text_stream import StopMatcher, Utf8Joiner
 from sinkchat.turns import Message, TurnRenderer
@@ -291,14 +292,84 @@ class Chat:
                 used, first = used + cost, first - 1
             seen = base + history[: 2 * first]
             for group, (user, reply) in enumerate(pairs[first:], start=first + 1):
-                self._feed_user(group, seen, user, logits=False)
-                seen.append({"role": "user", "content": user})
-                closing = self._tokenize(self._turns.closing(seen))
-                self.engine.feed(self._literal(reply) + closing, "assistant", group, logits=False)
-                seen.append({"role": "assistant", "content": reply})
+                self._append_exchange(group, seen, user, reply)
             self.messages = base + history
             self._group = len(pairs)
             return len(pairs) - first
+
+    def load_history(self, messages: Sequence[Message], system_prompt: str | None = None) -> int:
+        """Replace the conversation with saved ``messages`` (user/assistant pairs) and rebuild the cache.
+
+        Returns how many exchanges are cached (the newest that fit).
+        """
+        self.reset(system_prompt)
+        self._check_pairs(messages)
+        self.messages = list(self.messages) + [{"role": m["role"], "content": m["content"]} for m in messages]
+        return self.rebuild()
+
+    def capture(self) -> tuple[CacheState, bytes]:
+        """The cache's bookkeeping and KV bytes, for a snapshot (see :meth:`restore`)."""
+        with self._exclusive():
+            engine, layout = self.engine, self.engine.layout
+            state = CacheState(
+                tokens=list(engine.tokens),
+                pin_target=layout.pin_target,
+                n_pinned=layout.n_pinned,
+                segments=[
+                    SegmentState(role=s.role, group=s.group, n_tokens=s.n_tokens, cut=s.cut) for s in layout.segments
+                ],
+                group=self._group,
+                first_group=self._first_group,
+                opening_len=self._opening_len,
+                shifts=engine.shifts,
+                evicted_tokens=engine.evicted_tokens,
+            )
+            return state, self.context.save_state()
+
+    def restore(self, state: CacheState, kv: bytes, messages: Sequence[Message], system_prompt: str | None) -> int:
+        """Continue from a snapshot: load the KV bytes, then read only the messages it does not cover.
+
+        ``messages`` is the whole saved conversation (without the system message); the
+        snapshot covers its first ``state``-many exchanges.  Returns how many tokens had
+        to be evaluated (0 when the snapshot was up to date).  Raises when the bytes do
+        not fit this context; the chat is then empty, and :meth:`load_history` rebuilds.
+        """
+        self._check_pairs(messages)
+        self.reset(system_prompt)
+        with self._exclusive():
+            layout = CacheLayout(capacity=self.n_ctx, pin_target=state.pin_target, n_pinned=state.n_pinned)
+            layout.segments = [Segment(s.role, s.group, s.n_tokens, s.cut) for s in state.segments]
+            if layout.n_cached != len(state.tokens) or layout.n_cached > self.n_ctx:
+                raise SinkchatError("the snapshot's layout does not match its tokens")
+            try:
+                self.context.load_state(kv)
+                if self.context.pos_max() != len(state.tokens) - 1:
+                    raise SinkchatError(
+                        f"the restored cache holds positions up to {self.context.pos_max()}, "
+                        f"not {len(state.tokens) - 1}"
+                    )
+            except BaseException:
+                self.context.clear()
+                raise
+            engine = self.engine
+            engine.layout, engine.tokens = layout, list(state.tokens)
+            engine.shifts, engine.evicted_tokens = state.shifts, state.evicted_tokens
+            self._group, self._first_group, self._opening_len = state.group, state.first_group, state.opening_len
+            covered = 2 * state.group
+            seen = list(self.messages) + [{"role": m["role"], "content": m["content"]} for m in messages[:covered]]
+            before = engine.n_cached + engine.evicted_tokens
+            rest = messages[covered:]
+            for i in range(0, len(rest) - 1, 2):
+                self._append_exchange(self._group + 1, seen, rest[i]["content"], rest[i + 1]["content"])
+                self._group += 1
+            self.messages = seen
+            return engine.n_cached + engine.evicted_tokens - before
+
+    @staticmethod
+    def _check_pairs(messages: Sequence[Message]) -> None:
+        roles = [m["role"] for m in messages]
+        if len(roles) % 2 or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(roles)):
+            raise SinkchatError("saved messages must alternate user, assistant, starting with a user message")
 
     def generate(self, prompt: str, *, max_tokens: int | None = None, stop_at_eos: bool = True) -> Iterator[str]:
         """Continue raw text without a chat template (the seeds' endless-generation experiment).
@@ -344,6 +415,14 @@ class Chat:
             return None
         self.engine.feed(prompt, "assistant", group, logits=logits)
         return len(user_tokens) + len(prompt)
+
+    def _append_exchange(self, group: int, seen: list[Message], user: str, reply: str) -> None:
+        """Feed one finished exchange (no sampling) and record it in ``seen``."""
+        self._feed_user(group, seen, user, logits=False)
+        seen.append({"role": "user", "content": user})
+        closing = self._tokenize(self._turns.closing(seen))
+        self.engine.feed(self._literal(reply) + closing, "assistant", group, logits=False)
+        seen.append({"role": "assistant", "content": reply})
 
     def _exchange_tokens(self, history: Sequence[Message], user: str, reply: str) -> list[int]:
         """The tokens of one whole exchange (a good estimate of its size in the cache)."""

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sinkchat import __version__
+from sinkchat.errors import SinkchatError
+from sinkchat.safe_text import inert, inert_line
 
 EXIT_USAGE = 2
 FRONTENDS = "sinkchat.frontends"
@@ -49,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="GGUF model file (default: settings, else the embedded SmolLM2)",
     )
+    run.add_argument(
+        "-r",
+        "--resume",
+        nargs="?",
+        const="last",
+        metavar="ID",
+        help="continue a saved session: its id, a unique prefix of it, or last (the default)",
+    )
     run.add_argument("-s", "--system", metavar="TEXT", help="system prompt")
     run.add_argument("-c", "--n-ctx", type=int, metavar="N", help="KV-cache size in tokens (default 4096)")
     run.add_argument("--sink-tokens", type=int, metavar="N", help="attention-sink tokens kept (default 4)")
@@ -79,6 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repeat-penalty", type=float)
     run.add_argument("--seed", type=int)
     run.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
+
+    sessions = sub.add_parser(
+        "sessions",
+        help="saved chats: list, show, rename, rm, export, import",
+        description="Saved chats. IDs may be shortened to any unique prefix.",
+    )
+    ssub = sessions.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = ssub.add_parser("list", help="sessions, most recent first")
+    listing.add_argument("-s", "--search", metavar="TEXT", help="only sessions whose title or messages contain TEXT")
+    listing.add_argument("-n", "--limit", type=int, metavar="N", help="at most N sessions")
+    show = ssub.add_parser("show", help="print a session's messages")
+    show.add_argument("id")
+    rename = ssub.add_parser("rename", help="give a session a title")
+    rename.add_argument("id")
+    rename.add_argument("title", nargs="+")
+    rm = ssub.add_parser("rm", help="delete sessions")
+    rm.add_argument("ids", nargs="+", metavar="id")
+    export = ssub.add_parser("export", help="write a session as Markdown or JSON")
+    export.add_argument("id")
+    export.add_argument("--format", choices=["md", "json"], default="md")
+    export.add_argument("-o", "--output", type=Path, metavar="FILE", help="file to write (default: stdout)")
+    imp = ssub.add_parser("import", help="add a session from a JSON export")
+    imp.add_argument("file", type=Path)
 
     config = sub.add_parser("config", help="the settings file", description="Show or create the settings file.")
     config.add_argument(
@@ -141,22 +174,108 @@ def _frontend(name: str):
     return None
 
 
+SAMPLING_ARGS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed")
+
+
+def given_settings(args: argparse.Namespace) -> frozenset[str]:
+    """Settings set on this command line: they override what a resumed session remembers."""
+    given = set()
+    if args.n_ctx is not None:
+        given.add("n_ctx")
+    if args.system is not None:
+        given.add("system_prompt")
+    if any(getattr(args, name) is not None for name in SAMPLING_ARGS):
+        given.add("sampling")
+    return frozenset(given)
+
+
 def _run(args: argparse.Namespace) -> int:
+    from sinkchat.opening import library_for, plan_open
+
     settings = settings_for_run(args)
+    given = given_settings(args)
+    library = library_for(settings)
+    if library.store.recovery:
+        print(f"sinkchat: {library.store.recovery}", file=sys.stderr)
+    plan = plan_open(library, settings, model=args.model, resume=args.resume, given=given)
     if not args.plain and sys.stdin.isatty() and sys.stdout.isatty():
         tui = _frontend("tui")
         if tui is not None:
-            return int(tui(settings, args.model) or 0)
+            return int(tui(settings, args.model, library=library, plan=plan, given=given) or 0)
         print("sinkchat: the full-screen UI is not installed; chatting in line mode", file=sys.stderr)
 
-    from sinkchat.chat import Chat, resolve_model_path
+    from sinkchat.chat import Chat
+    from sinkchat.opening import open_session
     from sinkchat.plain import run_plain
 
-    path = resolve_model_path(args.model or settings.model.default)
     if sys.stdin.isatty():
-        print(f"loading {path.name} ...", file=sys.stderr)
-    with Chat.load(path, **settings.load_options()) as chat:
-        return run_plain(chat, max_tokens=settings.chat.max_tokens)
+        print(f"loading {plan.model_path.name} ...", file=sys.stderr)
+    chat = Chat.load(plan.model_path, **plan.load_options)
+    try:
+        session = open_session(chat, library, plan, given)
+    except BaseException:
+        chat.close()
+        raise
+    with session:
+        return run_plain(session, max_tokens=settings.chat.max_tokens)
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    from sinkchat.opening import library_for
+    from sinkchat.settings import load_settings
+
+    library = library_for(load_settings())
+    if library.store.recovery:
+        print(f"sinkchat: {library.store.recovery}", file=sys.stderr)
+    store = library.store
+    if args.action == "list":
+        rows = store.list(search=args.search, limit=args.limit)
+        if not rows:
+            print("no sessions" + (f" matching {args.search!r}" if args.search else ""), file=sys.stderr)
+        for info in rows:
+            when = info.updated_at.astimezone().strftime("%Y-%m-%d %H:%M")
+            flag = "*" if library.is_open(info.id) else " "
+            title = inert_line(info.title or "(untitled)")
+            print(f"{info.short_id}{flag} {when}  {info.n_messages:>4} msgs  {info.model_name[:28]:<28}  {title}")
+    elif args.action == "show":
+        sid = store.resolve(args.id)
+        print(inert(library.export(sid, "md")), end="")
+    elif args.action == "rename":
+        sid = store.resolve(args.id)
+        store.rename(sid, " ".join(args.title))
+        print(f"renamed {sid[:8]}: {inert_line(store.get(sid).title)}")
+    elif args.action == "rm":
+        ids = [store.resolve(ref) for ref in args.ids]
+        for sid in ids:
+            title = store.get(sid).title
+            library.delete(sid)
+            print(f"deleted {sid[:8]} {inert_line(title)}")
+    elif args.action == "export":
+        sid = store.resolve(args.id)
+        text = library.export(sid, args.format)
+        if args.output is None:
+            sys.stdout.write(text if args.format == "json" else inert(text))
+        else:
+            _write_file(args.output, text)
+            print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        try:
+            data = args.file.read_bytes()
+        except OSError as exc:
+            raise SinkchatError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+        info = library.import_json(data)
+        print(f"imported {info.short_id}: {inert_line(info.title)} ({info.n_messages} messages)")
+    return 0
+
+
+def _write_file(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SinkchatError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -203,7 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not verbose:  # llama.cpp's complaints reach the user inside sinkchat's own error messages
         logging.getLogger("llama.cpp").setLevel(logging.CRITICAL + 1)
     try:
-        return _run(args) if args.command == "run" else _config(args)
+        if args.command == "run":
+            return _run(args)
+        return _sessions(args) if args.command == "sessions" else _config(args)
     except KeyboardInterrupt:
         return 130
     except _user_error_types() as exc:

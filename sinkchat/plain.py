@@ -13,14 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from sinkchat.chat import Chat
-from sinkchat.safe_text import inert
+from sinkchat.safe_text import inert, inert_line
+from sinkchat.session import Session
 
 HELP = """\
 Type a message and press Enter.  End a line with \\ to continue the message on the next line.
 Ctrl-C stops a reply (or clears the line); Ctrl-D (or /quit) leaves.
   /stats          cache fill, pinned tokens, shifts, evicted tokens, speed, memory
-  /reset [TEXT]   start a new chat (with TEXT as the system prompt)
+  /reset [TEXT]   start a new chat (with TEXT as the system prompt); this one stays saved
+  /session        this session's id and title (resume it with: sinkchat run --resume ID)
   /help           this help
   /quit           leave"""
 
@@ -50,7 +51,7 @@ def _read_message(stdin: TextIO, interactive: bool) -> str | None:
 
 
 def run_plain(
-    chat: Chat,
+    chat: Session,
     *,
     max_tokens: int | None,
     stdin: TextIO | None = None,
@@ -65,7 +66,10 @@ def run_plain(
     if interactive:
         import readline  # noqa: F401  (line editing and history for input())
 
-        stderr.write(f"{chat.model.name} · n_ctx {chat.n_ctx} · {chat.sinks.sink_tokens} sink tokens · /help\n")
+        stderr.write(f"{chat.model_name} · n_ctx {chat.n_ctx} · {chat.chat.sinks.sink_tokens} sink tokens · /help\n")
+        _show_resumed(chat, stderr)
+    elif chat.note:
+        stderr.write(f"sinkchat: {chat.note}\n")
     while True:
         try:
             text = _read_message(stdin, interactive)
@@ -87,7 +91,9 @@ def run_plain(
                 stderr.write(chat.stats.summary() + "\n")
             elif name == "/reset":
                 chat.reset(arg.strip() or None)
-                stderr.write("new chat\n")
+                stderr.write(f"new chat: session {chat.id[:8]}\n")
+            elif name == "/session":
+                stderr.write(f"session {chat.id[:8]} · {inert_line(chat.title or '(untitled)')}\n")
             elif name == "/help":
                 stderr.write(HELP + "\n")
             else:
@@ -105,8 +111,23 @@ def run_plain(
         stdout.flush()
 
 
+def _show_resumed(session: Session, out: TextIO, last: int = 2) -> None:
+    """On resume: which session, what happened to its cache, and its last messages."""
+    history = [m for m in session.messages if m["role"] != "system"]
+    if not history:
+        return
+    out.write(f"resumed session {session.id[:8]} · {inert_line(session.title)} · {len(history)} messages\n")
+    if session.note:
+        out.write(f"note: {session.note}\n")
+    if len(history) > last:
+        out.write(f"[{len(history) - last} earlier messages]\n")
+    for m in history[-last:]:
+        who = "you> " if m["role"] == "user" else "bot> "
+        out.write(who + inert(m["content"]) + "\n")
+
+
 @contextmanager
-def _ctrl_c_cancels(chat: Chat) -> Iterator[None]:
+def _ctrl_c_cancels(chat: Session) -> Iterator[None]:
     """While a reply streams, Ctrl-C asks the chat to stop instead of raising mid-step.
 
     A KeyboardInterrupt can land between llama.cpp calls; a cancel is checked between

@@ -24,3 +24,8 @@ def inert(text: str) -> str:
     shown too; "\\r\\n" line ends become plain newlines.
     """
     return _CONTROL.sub(_picture, text.replace("\r\n", "\n"))
+
+
+def inert_line(text: str) -> str:
+    """:func:`inert`, on one line: for titles in a listing."""
+    return inert(" ".join(text.split()))

@@ -28,6 +28,7 @@ from sinkchat.errors import SinkchatError
 
 APP_NAME = "sinkchat"
 CONFIG_ENV = "SINKCHAT_CONFIG"
+DATA_ENV = "SINKCHAT_DATA_DIR"
 
 
 class SettingsError(SinkchatError):
@@ -62,6 +63,16 @@ class ChatSettings(_Section):
     max_tokens: int | None = Field(1024, ge=1, description="reply limit; unset for none")
 
 
+class SessionsSettings(_Section):
+    dir: Path | None = Field(None, description="where sessions are saved (default: the user data dir)")
+    max_snapshots: int = Field(32, ge=0, description="sessions whose KV cache is kept for instant resume")
+
+    @field_validator("dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
 class UISettings(_Section):
     theme: str = "textual-dark"
 
@@ -71,11 +82,15 @@ class Settings(_Section):
     cache: CacheSettings = CacheSettings()
     chat: ChatSettings = ChatSettings()
     sampling: SamplingSettings = SamplingSettings()
+    sessions: SessionsSettings = SessionsSettings()
     ui: UISettings = UISettings()
     keys: dict[str, str] = Field(default_factory=dict, description="binding id -> key(s), e.g. 'ctrl+g'")
 
     def models_dir(self) -> Path:
         return self.model.dir or default_models_dir()
+
+    def sessions_dir(self) -> Path:
+        return self.sessions.dir or default_sessions_dir()
 
     def load_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Chat.load`` (its ``llama_options`` included)."""
@@ -110,6 +125,16 @@ def default_models_dir() -> Path:
     from platformdirs import user_data_path
 
     return user_data_path(APP_NAME, appauthor=False) / "models"
+
+
+def default_sessions_dir() -> Path:
+    """``SINKCHAT_DATA_DIR`` (tests, portable installs), else the platform's user data dir."""
+    override = os.environ.get(DATA_ENV)
+    if override:
+        return Path(override).expanduser() / "sessions"
+    from platformdirs import user_data_path
+
+    return user_data_path(APP_NAME, appauthor=False) / "sessions"
 
 
 def describe_validation(exc: ValidationError) -> str:
@@ -167,6 +192,10 @@ top_p = 0.95
 min_p = 0.05
 repeat_penalty = 1.1
 # seed = 42
+
+[sessions]
+# dir = "~/sinkchat-sessions"           # default: the user data dir
+max_snapshots = 32                      # sessions whose KV cache is kept for instant resume
 
 [ui]
 theme = "textual-dark"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from models.default_model import INSTALL_HINT, default_model_path
-from sinkchat.settings import CONFIG_ENV
+from sinkchat.settings import CONFIG_ENV, DATA_ENV
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,8 @@ def smollm2_path() -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Never read the developer's own settings file; a test writes its own when it needs one."""
+    """Never touch the developer's own settings or sessions; a test writes its own when it needs them."""
     path = tmp_path / "config" / "config.toml"
     monkeypatch.setenv(CONFIG_ENV, str(path))
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))
     return path

@@ -1,0 +1,95 @@
+"""Sessions as files: Markdown to read, JSON to move a session between machines."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from sinkchat.errors import SinkchatError
+from sinkchat.store import SessionInfo, SessionSettings, StoredMessage
+
+FORMAT = "sinkchat.session"
+
+
+class ExportError(SinkchatError):
+    """A file that is not a sinkchat session export."""
+
+
+class ExportedMessage(BaseModel):
+    role: Literal["user", "assistant"]
+    content: str
+    status: Literal["complete", "interrupted"] = "complete"
+    finish: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class ExportedSession(BaseModel):
+    """The JSON export: everything needed to continue the chat elsewhere (no KV cache)."""
+
+    format: Literal["sinkchat.session"] = FORMAT
+    version: Literal[1] = 1
+    id: str
+    title: str = ""
+    title_custom: bool = False
+    created_at: datetime
+    updated_at: datetime
+    model_path: str | None = None
+    system_prompt: str | None = None
+    settings: SessionSettings = Field(default_factory=SessionSettings)
+    messages: list[ExportedMessage]
+
+
+def to_json(info: SessionInfo, messages: list[StoredMessage]) -> str:
+    doc = ExportedSession(
+        id=info.id,
+        title=info.title,
+        title_custom=info.title_custom,
+        created_at=info.created_at,
+        updated_at=info.updated_at,
+        model_path=info.model_path,
+        system_prompt=info.system_prompt,
+        settings=info.settings,
+        messages=[
+            ExportedMessage(
+                role=m.role,
+                content=m.content,
+                status="complete" if m.status == "complete" else "interrupted",
+                finish=m.finish,
+                created_at=m.created_at,
+            )
+            for m in messages
+        ],
+    )
+    return doc.model_dump_json(indent=2) + "\n"
+
+
+def from_json(text: str | bytes) -> ExportedSession:
+    try:
+        doc = ExportedSession.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "file"
+        raise ExportError(f"not a sinkchat session export ({where}: {first['msg']})") from None
+    roles = [m.role for m in doc.messages]
+    if len(roles) % 2 or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(roles)):
+        raise ExportError("the exported messages must alternate user, assistant, starting with a user message")
+    return doc
+
+
+def to_markdown(info: SessionInfo, messages: list[StoredMessage]) -> str:
+    """A readable transcript.  Message text is written as it is: it is the user's data."""
+    lines = [f"# {info.title or 'Untitled chat'}", ""]
+    lines.append(f"- session: `{info.id}`")
+    lines.append(f"- model: {info.model_name}")
+    lines.append(f"- started: {info.created_at.astimezone().strftime('%Y-%m-%d %H:%M')}")
+    lines.append("")
+    if info.system_prompt:
+        lines += ["## System", "", info.system_prompt, ""]
+    for m in messages:
+        heading = "User" if m.role == "user" else "Assistant"
+        if m.status != "complete":
+            heading += " (interrupted)"
+        lines += [f"## {heading}", "", m.content, ""]
+    return "\n".join(lines).rstrip() + "\n"

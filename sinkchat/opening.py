@@ -1,0 +1,79 @@
+"""Which model and settings a chat opens with: a new session, or a saved one resumed.
+
+A saved session remembers its model, cache size, system prompt and sampling.  Options
+given on the command line win; a remembered model file that is gone is replaced by the
+configured (or embedded) one, and the reason is kept for the user to read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sinkchat.chat import Chat, resolve_model_path
+from sinkchat.session import Session, SessionLibrary
+from sinkchat.settings import Settings
+
+
+@dataclass
+class OpenPlan:
+    """What to load, and which saved session (if any) to continue in it."""
+
+    model_path: Path
+    load_options: dict[str, Any]
+    session_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def library_for(settings: Settings) -> SessionLibrary:
+    return SessionLibrary(settings.sessions_dir(), max_snapshots=settings.sessions.max_snapshots)
+
+
+def plan_open(
+    library: SessionLibrary,
+    settings: Settings,
+    *,
+    model: Path | None = None,
+    resume: str | None = None,
+    given: frozenset[str] = frozenset(),
+) -> OpenPlan:
+    """Resolve ``resume`` (an id, a unique prefix or ``last``) and the model to load for it.
+
+    ``given`` names the settings the user set explicitly this time (``n_ctx``,
+    ``system_prompt``, ``sampling``): those override what the session remembers.
+    """
+    options = settings.load_options()
+    if resume is None:
+        return OpenPlan(resolve_model_path(model or settings.model.default), options)
+    sid = library.store.resolve(resume)
+    info = library.store.get(sid)
+    if library.is_open(sid):
+        library.lock(sid)  # raises the clear "open in another sinkchat" error
+    notes: list[str] = []
+    remembered = Path(info.model_path) if info.model_path else None
+    if model is not None:
+        path = resolve_model_path(model)
+    elif remembered is not None and remembered.is_file():
+        path = remembered
+    else:
+        path = resolve_model_path(settings.model.default)
+        if remembered is not None:
+            notes.append(f"the session's model {remembered} is missing; continuing with {path.name}")
+    if "n_ctx" not in given and info.settings.n_ctx:
+        options["n_ctx"] = max(info.settings.n_ctx, 64)
+    return OpenPlan(path, options, sid, notes)
+
+
+def open_session(chat: Chat, library: SessionLibrary, plan: OpenPlan, given: frozenset[str] = frozenset()) -> Session:
+    """Bind a loaded chat to the planned session (a new one when none was asked for)."""
+    if plan.session_id is None:
+        return Session.new(chat, library)
+    session = Session.resume(chat, library, plan.session_id)
+    if "system_prompt" in given and plan.load_options.get("system_prompt") != session.system_prompt:
+        session.rebuild(plan.load_options.get("system_prompt"))
+    if "sampling" in given:
+        session.sampling = plan.load_options["sampling"]
+    notes = [*plan.notes, *([session.note] if session.note else [])]
+    session.note = "; ".join(notes) or None
+    return session

@@ -1,0 +1,492 @@
+"""Persistent chats: a :class:`Chat` saved as it happens, resumable in an instant.
+
+:class:`SessionLibrary` is the folder of saved sessions (database, KV snapshots, locks).
+:class:`Session` is a chat bound to one saved session: it has the same interface as
+``Chat`` for the UIs, commits every message as it happens, and after each reply saves a
+KV snapshot in the background, so resuming loads the cache instead of reading the
+history again.  A snapshot that is missing, damaged or made for other settings is never
+fatal: the cache is rebuilt from the saved messages, and :attr:`Session.note` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from models.errors import ModelError
+from models.llama_model import backend_version
+from models.sampler import SamplingSettings
+from sinkchat.chat import Chat, ReplyInfo
+from sinkchat.errors import SinkchatError
+from sinkchat.export import ExportedSession, from_json, to_json, to_markdown
+from sinkchat.locks import SessionLock, SessionLockedError
+from sinkchat.snapshot import (
+    SUFFIX,
+    Fingerprint,
+    SnapshotError,
+    SnapshotHeader,
+    crc32,
+    messages_digest,
+    model_identity,
+    read_snapshot,
+    write_snapshot,
+)
+from sinkchat.stats import ChatStats
+from sinkchat.store import SessionInfo, SessionSettings, SessionStore, StoredMessage
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SECONDS = 0.25
+"""How often a streaming reply is written to the database."""
+
+
+class SessionLibrary:
+    """The saved sessions in one folder: ``sessions.db``, ``snapshots/*.kv``, ``locks/*.lock``."""
+
+    def __init__(self, folder: Path, *, max_snapshots: int = 32) -> None:
+        self.folder = folder
+        self.store = SessionStore(folder)
+        self.snapshots = folder / "snapshots"
+        self.locks = folder / "locks"
+        self.max_snapshots = max_snapshots
+
+    def snapshot_path(self, session_id: str) -> Path:
+        return self.snapshots / f"{session_id}{SUFFIX}"
+
+    def lock(self, session_id: str) -> SessionLock:
+        info = self.store.get(session_id)
+        return SessionLock.acquire(self.locks / f"{session_id}.lock", f"session {info.short_id}")
+
+    def is_open(self, session_id: str) -> bool:
+        """True while some sinkchat process (this one included) has the session open."""
+        return SessionLock.is_locked(self.locks / f"{session_id}.lock")
+
+    def delete(self, session_id: str) -> None:
+        """Delete a session, its snapshot and lock file; refused while it is open somewhere."""
+        with self.lock(session_id):
+            self.store.delete(session_id)
+            self.snapshot_path(session_id).unlink(missing_ok=True)
+        (self.locks / f"{session_id}.lock").unlink(missing_ok=True)
+
+    def export(self, session_id: str, fmt: str) -> str:
+        info, messages = self.store.get(session_id), self.store.messages(session_id)
+        if fmt == "json":
+            return to_json(info, messages)
+        if fmt == "md":
+            return to_markdown(info, messages)
+        raise SinkchatError(f"unknown export format {fmt!r}: use md or json")
+
+    def import_json(self, text: str | bytes) -> SessionInfo:
+        """Add an exported session; it keeps its id unless that id is already taken here."""
+        doc: ExportedSession = from_json(text)
+        sid = None if self.store.exists(doc.id) or not _is_id(doc.id) else doc.id
+        info = self.store.create(
+            model_path=doc.model_path,
+            system_prompt=doc.system_prompt,
+            settings=doc.settings,
+            title=doc.title if doc.title_custom else "",
+            session_id=sid,
+            created_at=doc.created_at,
+        )
+        messages = [StoredMessage(**m.model_dump()) for m in doc.messages]
+        self.store.add_messages(info.id, messages)
+        if doc.title and not doc.title_custom:
+            with self.store._tx() as db:  # the derived title comes along as it was
+                db.execute("UPDATE sessions SET title = ? WHERE id = ?", (doc.title, info.id))
+        return self.store.get(info.id)
+
+    def prune_snapshots(self, keep: str | None = None) -> int:
+        """Keep snapshots of the ``max_snapshots`` most recently used sessions only; returns files removed.
+
+        Orphans (deleted sessions) and temporary files of killed writers go too.
+        """
+        if not self.snapshots.is_dir():
+            return 0
+        recent = {s.id for s in self.store.list(limit=self.max_snapshots)} if self.max_snapshots else set()
+        if keep:
+            recent.add(keep)
+        removed = 0
+        for path in self.snapshots.iterdir():
+            stale_tmp = path.name.endswith(".tmp") and time.time() - _mtime(path) > 3600
+            if stale_tmp or (path.suffix == SUFFIX and path.stem not in recent):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _is_id(value: str) -> bool:
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
+
+
+class _SnapshotWriter:
+    """Writes snapshots on a background thread, newest first: a reply never waits for the disk."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Path, tuple[SnapshotHeader, bytes]] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._busy = False
+        self.last_error: str | None = None
+        self.last_seconds: float | None = None
+
+    def submit(self, path: Path, header: SnapshotHeader, kv: bytes) -> None:
+        with self._cond:
+            self._pending[path] = (header, kv)  # an older pending snapshot of the same session is dropped
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="sinkchat-snapshots", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                path, (header, kv) = self._pending.popitem()
+                self._busy = True
+            started = time.perf_counter()
+            try:
+                header = header.model_copy(update={"kv_bytes": len(kv), "kv_crc32": crc32(kv)})
+                write_snapshot(path, header, kv)
+                self.last_error = None
+            except OSError as exc:  # a full disk costs the instant resume, never a message
+                self.last_error = f"could not save the KV snapshot: {exc.strerror or exc}"
+                log.warning("%s (%s)", self.last_error, path)
+            finally:
+                self.last_seconds = time.perf_counter() - started
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted snapshot is on disk; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+
+class Session:
+    """A chat bound to a saved session; the UIs use it exactly like a :class:`Chat`."""
+
+    def __init__(self, chat: Chat, library: SessionLibrary, info: SessionInfo, lock: SessionLock) -> None:
+        self.chat = chat
+        self.library = library
+        self.info = info
+        self._lock = lock
+        self._writer = _SnapshotWriter()
+        self._reply_id: int | None = None
+        self._identity: tuple[Path, str] | None = None
+        self.note: str | None = None
+        """What happened on resume (e.g. the cache was rebuilt, and why), for the UI to show once."""
+        self.resume_tokens = 0
+        """Tokens evaluated while resuming: 0 when the snapshot was up to date."""
+
+    # -- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def new(cls, chat: Chat, library: SessionLibrary) -> Session:
+        """Start a new saved session for ``chat``'s current conversation settings (no messages yet)."""
+        info = library.store.create(
+            model_path=str(chat.model.path),
+            system_prompt=chat.system_prompt,
+            settings=_settings_of(chat),
+        )
+        return cls(chat, library, info, library.lock(info.id))
+
+    @classmethod
+    def resume(cls, chat: Chat, library: SessionLibrary, session_id: str) -> Session:
+        """Open a saved session in ``chat``: from its snapshot when it fits, else rebuilt from its messages."""
+        lock = library.lock(session_id)
+        try:
+            session = cls(chat, library, library.store.get(session_id), lock)
+            session._load()
+        except BaseException:
+            lock.release()
+            raise
+        return session
+
+    def _load(self) -> None:
+        store, sid = self.library.store, self.info.id
+        interrupted = store.mark_interrupted(sid)
+        stored = store.messages(sid)
+        messages = [{"role": m.role, "content": m.content} for m in stored]
+        sampling = self.info.settings.sampling
+        if sampling:
+            try:
+                self.chat.sampling = SamplingSettings.model_validate(sampling)
+            except ValueError:
+                log.warning("ignoring the saved sampling settings of %s", sid)
+        system_prompt = self.info.system_prompt
+        notes = [f"{interrupted} reply was interrupted when sinkchat stopped"] if interrupted == 1 else []
+        if interrupted > 1:
+            notes.append(f"{interrupted} replies were interrupted when sinkchat stopped")
+        started = time.perf_counter()
+        why = self._try_snapshot(messages, system_prompt)
+        if why is None:
+            log.info("resumed %s from its snapshot (%d tokens read)", sid, self.resume_tokens)
+        else:
+            kept = self.chat.load_history(messages, system_prompt)
+            self.resume_tokens = self.chat.engine.n_cached
+            if messages:
+                notes.append(
+                    f"{why}: rebuilt the cache from the saved messages ({kept} of {len(messages) // 2} exchanges fit, "
+                    f"{time.perf_counter() - started:.1f} s)"
+                )
+        if self.info.model_path != str(self.chat.model.path):
+            store.update(sid, model_path=str(self.chat.model.path))
+        self.note = "; ".join(notes) or None
+        self.library.prune_snapshots(keep=sid)
+
+    def _try_snapshot(self, messages: list[dict[str, str]], system_prompt: str | None) -> str | None:
+        """Restore from the snapshot; None on success, else why it could not be used."""
+        path = self.library.snapshot_path(self.info.id)
+        try:
+            header, kv = read_snapshot(path)
+        except SnapshotError as exc:
+            return str(exc) if path.exists() else "no snapshot"
+        differences = header.fingerprint.differences(self.fingerprint())
+        if differences:
+            return "the snapshot was made for " + ", ".join(differences)
+        n_system = 1 if system_prompt else 0
+        covered = 2 * header.state.group
+        if header.n_messages != n_system + covered or covered > len(messages):
+            return "the snapshot does not match the saved messages"
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        if messages_digest(system + messages[:covered]) != header.messages_digest:
+            return "the saved messages changed after the snapshot"
+        try:
+            self.resume_tokens = self.chat.restore(header.state, kv, messages, system_prompt)
+        except (SinkchatError, ModelError) as exc:
+            log.warning("snapshot of %s not usable: %s", self.info.id, exc)
+            return f"the snapshot could not be loaded ({exc})"
+        return None
+
+    def fingerprint(self) -> Fingerprint:
+        options, sinks = self.chat.context.options, self.chat.sinks
+        return Fingerprint(
+            model=self._model_identity(),
+            n_ctx=self.chat.n_ctx,
+            type_k=options.type_k,
+            type_v=options.type_v,
+            flash_attn=options.flash_attn,
+            sink_tokens=sinks.sink_tokens,
+            keep_system_prompt=sinks.keep_system_prompt,
+            llama_cpp=backend_version(),
+        )
+
+    def _model_identity(self) -> str:
+        path = self.chat.model.path
+        if self._identity is None or self._identity[0] != path:
+            self._identity = (path, model_identity(path))
+        return self._identity[1]
+
+    # -- the Chat interface --------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def title(self) -> str:
+        return self.info.title
+
+    @property
+    def model_name(self) -> str:
+        return self.chat.model_name
+
+    @property
+    def device(self) -> str:
+        return self.chat.device
+
+    @property
+    def n_ctx(self) -> int:
+        return self.chat.n_ctx
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return self.chat.messages
+
+    @property
+    def system_prompt(self) -> str | None:
+        return self.chat.system_prompt
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        return self.chat.sampling
+
+    @sampling.setter
+    def sampling(self, value: SamplingSettings) -> None:
+        self.chat.sampling = value
+        self.library.store.update(self.id, settings=_settings_of(self.chat))
+
+    @property
+    def stats(self) -> ChatStats:
+        return self.chat.stats
+
+    @property
+    def busy(self) -> bool:
+        return self.chat.busy
+
+    @property
+    def last_reply(self) -> ReplyInfo | None:
+        return self.chat.last_reply
+
+    def cancel(self) -> None:
+        self.chat.cancel()
+
+    def send(self, text: str, *, max_tokens: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+        """Stream a reply like :meth:`Chat.send`; question and reply are saved as they happen."""
+        if self.chat.busy:
+            yield from self.chat.send(text)  # raises BusyError, touching nothing
+            return
+        store = self.library.store
+        n_before = len(self.chat.messages)
+        user_id, reply_id = store.begin_exchange(self.id, text)
+        if not self.info.title:
+            self.info = store.get(self.id)
+        stream = self.chat.send(text, max_tokens=max_tokens, stop=stop)
+        try:
+            yield from self._checkpointed(stream, reply_id)
+        finally:
+            stream.close()  # a consumer that stops early must not leave the chat holding its lock
+            if len(self.chat.messages) == n_before:  # cancelled before the model read it
+                store.drop_exchange(user_id, reply_id)
+            else:
+                self._finish(reply_id)
+
+    def regenerate(self, *, max_tokens: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+        store = self.library.store
+        stored = store.messages(self.id)
+        stream = self.chat.regenerate(max_tokens=max_tokens, stop=stop)
+        first = next(stream, None)  # raises (nothing to regenerate, busy) before anything is touched
+        reply_id = stored[-1].id if stored and stored[-1].role == "assistant" else None
+        if reply_id is None:
+            raise SinkchatError("the saved session has no reply to regenerate")
+        store.restart_reply(reply_id)
+
+        def rest() -> Iterator[str]:
+            if first is not None:
+                yield first
+            yield from stream
+
+        try:
+            yield from self._checkpointed(rest(), reply_id)
+        finally:
+            stream.close()
+            self._finish(reply_id)
+
+    def _checkpointed(self, stream: Iterator[str], reply_id: int) -> Iterator[str]:
+        store, pieces, saved_at = self.library.store, [], time.monotonic()
+        for piece in stream:
+            pieces.append(piece)
+            if time.monotonic() - saved_at >= CHECKPOINT_SECONDS:
+                store.checkpoint(reply_id, "".join(pieces))
+                saved_at = time.monotonic()
+            yield piece
+
+    def _finish(self, reply_id: int) -> None:
+        """Commit the finished reply (the chat has closed the turn), then snapshot the cache."""
+        reply = self.chat.messages[-1]["content"] if self.chat.messages else ""
+        end = self.chat.last_reply
+        self.library.store.finish(reply_id, reply, end.finish_reason if end else None)
+        self.save_snapshot()
+
+    def save_snapshot(self) -> None:
+        """Capture the cache now; the file is written in the background."""
+        try:
+            state, kv = self.chat.capture()
+        except (SinkchatError, ModelError) as exc:
+            log.warning("no snapshot for %s: %s", self.id, exc)
+            return
+        header = SnapshotHeader(
+            fingerprint=self.fingerprint(),
+            state=state,
+            n_messages=len(self.chat.messages),
+            messages_digest=messages_digest(self.chat.messages),
+            kv_bytes=0,
+            kv_crc32=0,
+        )
+        self._writer.submit(self.library.snapshot_path(self.id), header, kv)
+
+    def reset(self, system_prompt: str | None = None) -> None:
+        """A new chat is a new saved session; the current one stays in the library."""
+        self.chat.reset(system_prompt)
+        self._switch_to(None)
+
+    def rebuild(self, system_prompt: str | None | object = ...) -> int:
+        """Change the system prompt (or refill the cache) and remember it."""
+        from sinkchat.chat import KEEP
+
+        kept = self.chat.rebuild(KEEP if system_prompt is ... else system_prompt)
+        self.library.store.update(self.id, system_prompt=self.chat.system_prompt)
+        self.save_snapshot()
+        return kept
+
+    def switch(self, session_id: str) -> None:
+        """Open another saved session in the same model and cache (this one is saved first)."""
+        if session_id == self.id:
+            return
+        self._switch_to(session_id)
+
+    def _switch_to(self, session_id: str | None) -> None:
+        store = self.library.store
+        new_lock = self.library.lock(session_id) if session_id else None
+        self._writer.flush()
+        old = self._lock
+        if session_id is None:
+            info = store.create(
+                model_path=str(self.chat.model.path),
+                system_prompt=self.chat.system_prompt,
+                settings=_settings_of(self.chat),
+            )
+            new_lock = self.library.lock(info.id)
+        else:
+            info = store.get(session_id)
+        self._lock, self.info, self.note, self.resume_tokens = new_lock, info, None, 0
+        old.release()
+        if session_id is not None:
+            self._load()
+
+    def delete_current(self) -> None:
+        """Delete this session and start a new one in its place."""
+        sid = self.id
+        self.chat.reset(self.chat.system_prompt)
+        self._switch_to(None)
+        self.library.delete(sid)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self._writer.flush(timeout)
+
+    def close(self, *, close_chat: bool = True) -> None:
+        """Finish writing the snapshot, give up the session, and free the model (unless told not to)."""
+        self._writer.flush(timeout=60)
+        self._lock.release()
+        if close_chat:
+            self.chat.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _settings_of(chat: Chat) -> SessionSettings:
+    return SessionSettings(sampling=chat.sampling.model_dump(mode="json"), n_ctx=chat.n_ctx)
+
+
+__all__ = ["Session", "SessionLibrary", "SessionLockedError"]
