@@ -311,6 +311,8 @@ class Chat:
         """The cache's bookkeeping and KV bytes, for a snapshot (see :meth:`restore`)."""
         with self._exclusive():
             engine, layout = self.engine, self.engine.layout
+            if engine.shift_pending:
+                raise SinkchatError("a context shift is not applied yet; the cache cannot be saved now")
             state = CacheState(
                 tokens=list(engine.tokens),
                 pin_target=layout.pin_target,

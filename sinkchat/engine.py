@@ -47,6 +47,8 @@ class SinkEngine:
         self.evicted_tokens = 0
         self.fallbacks = 0
         self.last_shift_seconds: float | None = None
+        self.shift_pending = False
+        """A shift llama.cpp applies at the next decode: until then a saved state would lose it."""
 
     @property
     def n_cached(self) -> int:
@@ -85,6 +87,7 @@ class SinkEngine:
             at = len(self.tokens)
             try:
                 self.ctx.decode(chunk, at, "last" if logits and last else "none")
+                self.shift_pending = False
                 self.layout.append(role, group, len(chunk), pin=pin)
                 self.tokens.extend(chunk)
             except BaseException:
@@ -107,7 +110,7 @@ class SinkEngine:
         shifted = False
         if self.ctx.can_shift and self.ctx.seq_rm(start, end):
             self.ctx.seq_add(end, -1, -n)
-            shifted = True
+            shifted = self.shift_pending = True
         del self.tokens[start:end]
         self.layout.apply(eviction)
         if not shifted:

@@ -90,6 +90,7 @@ class SessionLibrary:
             title=doc.title if doc.title_custom else "",
             session_id=sid,
             created_at=doc.created_at,
+            updated_at=doc.updated_at,
         )
         messages = [StoredMessage(**m.model_dump()) for m in doc.messages]
         self.store.add_messages(info.id, messages)
@@ -223,7 +224,7 @@ class Session:
         store, sid = self.library.store, self.info.id
         interrupted = store.mark_interrupted(sid)
         stored = store.messages(sid)
-        messages = [{"role": m.role, "content": m.content} for m in stored]
+        messages = as_exchanges(stored)
         sampling = self.info.settings.sampling
         if sampling:
             try:
@@ -483,6 +484,23 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def as_exchanges(stored: Sequence[StoredMessage]) -> list[dict[str, str]]:
+    """Saved messages as strict user/assistant pairs for the model.
+
+    A gap (a message lost with a damaged part of the database) becomes an empty turn,
+    so the chat stays well formed; the database itself is left as it is.
+    """
+    out: list[dict[str, str]] = []
+    for m in stored:
+        expected = "user" if len(out) % 2 == 0 else "assistant"
+        if m.role != expected:
+            out.append({"role": expected, "content": ""})
+        out.append({"role": m.role, "content": m.content})
+    if len(out) % 2:
+        out.append({"role": "assistant", "content": ""})
+    return out
 
 
 def _settings_of(chat: Chat) -> SessionSettings:

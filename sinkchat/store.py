@@ -13,6 +13,7 @@ is copied into a fresh one, and :attr:`SessionStore.recovery` says what happened
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -216,9 +217,11 @@ class SessionStore:
         title: str = "",
         session_id: str | None = None,
         created_at: datetime | None = None,
+        updated_at: datetime | None = None,
     ) -> SessionInfo:
         sid = session_id or uuid.uuid4().hex
         now = created_at.timestamp() if created_at else _now()
+        updated = updated_at.timestamp() if updated_at else now
         with self._tx() as db:
             db.execute(
                 "INSERT INTO sessions (id, title, title_custom, created_at, updated_at, model_path, system_prompt,"
@@ -228,7 +231,7 @@ class SessionStore:
                     title,
                     int(bool(title)),
                     now,
-                    now,
+                    updated,
                     model_path,
                     system_prompt,
                     (settings or SessionSettings()).model_dump_json(),
@@ -443,38 +446,80 @@ class SessionStore:
 
 
 def _salvage(damaged: Path, into: sqlite3.Connection) -> tuple[int, int]:
-    """Copy the rows that can still be read from a damaged database; (sessions, messages) copied."""
+    """Copy the rows that can still be read from a damaged database; (sessions, messages) copied.
+
+    A truncated file is first padded to the size its header claims (on a scratch copy):
+    SQLite refuses a file shorter than its header says, even where the pages it needs
+    are intact.  A message whose text is lost keeps its place, marked as lost.
+    """
+    scratch = damaged.with_name(damaged.name + ".salvage")
     try:
-        old = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error:
+        shutil.copyfile(damaged, scratch)
+        _pad_to_header_size(scratch)
+        old = sqlite3.connect(f"file:{scratch}?mode=ro", uri=True, isolation_level=None)
+    except (OSError, sqlite3.Error):
+        scratch.unlink(missing_ok=True)
         return 0, 0
     old.row_factory = sqlite3.Row
-    sessions = _readable(old, "SELECT * FROM sessions")
     n_sessions = n_messages = 0
     into.execute("BEGIN IMMEDIATE")
     try:
-        for row in sessions:
+        for row in _readable(old, "SELECT * FROM sessions"):
             keys = [k for k in row.keys() if k in _SESSION_COLUMNS]  # noqa: SIM118 (Row iterates values)
             into.execute(
                 f"INSERT OR IGNORE INTO sessions ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
                 [row[k] for k in keys],
             )
             n_sessions += 1
-            for m in _readable(old, "SELECT * FROM messages WHERE session_id = ? ORDER BY seq", (row["id"],)):
+        known = {r["id"] for r in into.execute("SELECT id FROM sessions")}
+        for m in _message_rows(old):
+            if m["session_id"] not in known:
+                continue
+            try:
+                content = old.execute("SELECT content FROM messages WHERE id = ?", (m["id"],)).fetchone()[0]
                 status = "interrupted" if m["status"] == "streaming" else m["status"]
-                into.execute(
-                    "INSERT OR IGNORE INTO messages (session_id, seq, role, content, status, finish, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (m["session_id"], m["seq"], m["role"], m["content"], status, m["finish"], m["created_at"]),
-                )
-                n_messages += 1
+            except sqlite3.Error:
+                content, status = "[lost: this message was in a damaged part of the database]", "interrupted"
+            into.execute(
+                "INSERT OR IGNORE INTO messages (session_id, seq, role, content, status, finish, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (m["session_id"], m["seq"], m["role"], content, status, m["finish"], m["created_at"]),
+            )
+            n_messages += 1
         into.execute("COMMIT")
     except sqlite3.Error:
         into.execute("ROLLBACK")
         raise
     finally:
         old.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{scratch}{suffix}").unlink(missing_ok=True)
     return n_sessions, n_messages
+
+
+def _message_rows(db: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Message metadata, row by row: a damaged page then costs only the rows on it."""
+    columns = "id, session_id, seq, role, status, finish, created_at"
+    rows = {r["id"]: r for r in _readable(db, f"SELECT {columns} FROM messages")}
+    top = _readable(db, "SELECT seq FROM sqlite_sequence WHERE name = 'messages'")
+    for rowid in range(1, int(top[0]["seq"]) + 1 if top else 0):
+        if rowid not in rows:
+            found = _readable(db, f"SELECT {columns} FROM messages WHERE id = ?", (rowid,))
+            if found:
+                rows[rowid] = found[0]
+    return [rows[k] for k in sorted(rows)]
+
+
+def _pad_to_header_size(path: Path) -> None:
+    with path.open("r+b") as f:
+        header = f.read(100)
+        if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+            return
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        claimed = page_size * int.from_bytes(header[28:32], "big")
+        if claimed > path.stat().st_size:
+            f.truncate(claimed)
 
 
 _SESSION_COLUMNS = {

@@ -115,3 +115,86 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on() -> None:
     assert proc.returncode == 0, err
     assert "[stopped]" in err and "Traceback" not in err
     assert len([line for line in out.splitlines() if line.strip()]) >= 2
+
+
+# -- sinkchat sessions ---------------------------------------------------------------------
+
+
+def saved_session(title_text: str = "What is the capital of France?") -> str:
+    from sinkchat.settings import load_settings
+    from sinkchat.store import SessionSettings, SessionStore
+
+    store = SessionStore(load_settings().sessions_dir())
+    sid = store.create(model_path="/models/tiny.gguf", system_prompt="Be brief.", settings=SessionSettings(n_ctx=512)).id
+    _, reply = store.begin_exchange(sid, title_text)
+    store.finish(reply, "Paris. \x1b[31mred\x1b[0m", "eos")
+    store.close()
+    return sid
+
+
+def test_sessions_list_show_rename_export_import_rm(tmp_path: Path) -> None:
+    first = saved_session()
+    second = saved_session("Tell me about \x1b]0;evil\x07 whales")
+
+    listed = sinkchat("sessions", "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(second[:8]) and lines[1].startswith(first[:8])
+    assert "\x1b" not in listed.stdout and "tiny" in listed.stdout  # titles are inert text
+
+    found = sinkchat("sessions", "list", "--search", "paris")
+    assert found.stdout.count("\n") == 2  # both replies say Paris
+    assert sinkchat("sessions", "list", "-s", "whales").stdout.startswith(second[:8])
+
+    shown = sinkchat("sessions", "show", first[:6])
+    assert shown.returncode == 0
+    assert "## User\n\nWhat is the capital of France?" in shown.stdout
+    assert "\x1b" not in shown.stdout and "␛[31mred" in shown.stdout
+
+    renamed = sinkchat("sessions", "rename", first[:6], "Geography", "quiz")
+    assert renamed.returncode == 0 and "Geography quiz" in renamed.stdout
+    assert "Geography quiz" in sinkchat("sessions", "list").stdout
+
+    export = tmp_path / "chat.json"
+    assert sinkchat("sessions", "export", first[:6], "--format", "json", "-o", str(export)).returncode == 0
+    md = sinkchat("sessions", "export", first[:6])
+    assert md.stdout.startswith("# Geography quiz")
+
+    removed = sinkchat("sessions", "rm", first[:6])
+    assert removed.returncode == 0 and f"deleted {first[:8]}" in removed.stdout
+    assert first[:8] not in sinkchat("sessions", "list").stdout
+
+    imported = sinkchat("sessions", "import", str(export))
+    assert imported.returncode == 0 and f"imported {first[:8]}" in imported.stdout
+    assert "Geography quiz" in sinkchat("sessions", "list").stdout
+
+
+def test_sessions_errors_are_one_line(tmp_path: Path) -> None:
+    saved_session()
+    assert_clean_error(sinkchat("sessions", "show", "ffff"), "no session with id ffff")
+    assert_clean_error(sinkchat("sessions", "show", "zz"), "is not a session id")
+    saved_session()
+    assert_clean_error(sinkchat("sessions", "rm", ""), "is not a session id")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert_clean_error(sinkchat("sessions", "import", str(bad)), "not a sinkchat session export")
+    assert_clean_error(sinkchat("sessions", "import", str(tmp_path / "missing.json")), "cannot read")
+    assert_clean_error(sinkchat("run", "--plain", "--resume", "abcdef12"), "no session with id abcdef12")
+
+
+def test_run_resume_with_no_sessions() -> None:
+    assert_clean_error(sinkchat("run", "--plain", "--resume"), "there are no saved sessions yet")
+
+
+@pytest.mark.slow
+def test_resume_remembers_the_cache_size_and_continues() -> None:
+    first = sinkchat("run", "--plain", "-c", "320", "--temperature", "0", "--max-tokens", "12", stdin="Hello!\n")
+    assert first.returncode == 0, first.stderr
+    again = sinkchat("run", "--plain", "--resume", "--max-tokens", "12", stdin="And again?\n")
+    assert again.returncode == 0, again.stderr
+    assert again.stderr == ""  # n_ctx 320 came from the session: the snapshot fits, nothing to report
+    other = sinkchat("run", "--plain", "--resume", "-c", "256", "--max-tokens", "12", stdin="Once more?\n")
+    assert other.returncode == 0, other.stderr
+    assert "n_ctx 320 → 256" in other.stderr and "rebuilt the cache" in other.stderr
+    listed = sinkchat("sessions", "list").stdout.splitlines()
+    assert len(listed) == 1 and "6 msgs" in listed[0]
