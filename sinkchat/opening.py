@@ -27,7 +27,11 @@ class OpenPlan:
 
 
 def library_for(settings: Settings) -> SessionLibrary:
-    return SessionLibrary(settings.sessions_dir(), max_snapshots=settings.sessions.max_snapshots)
+    return SessionLibrary(
+        settings.sessions_dir(),
+        max_snapshots=settings.sessions.max_snapshots,
+        max_snapshot_bytes=int(settings.sessions.max_snapshot_gb * (1 << 30)),
+    )
 
 
 def plan_open(

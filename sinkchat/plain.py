@@ -107,6 +107,8 @@ def run_plain(
                 stdout.flush()
         if chat.last_reply is not None and chat.last_reply.finish_reason == "cancelled":
             stderr.write(" [stopped]")
+        if chat.save_error:
+            stderr.write(f"\nsinkchat: {chat.save_error}")
         stdout.write("\n")
         stdout.flush()
 

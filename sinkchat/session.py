@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from models.errors import ModelError
@@ -35,7 +35,7 @@ from sinkchat.snapshot import (
     write_snapshot,
 )
 from sinkchat.stats import ChatStats
-from sinkchat.store import SessionInfo, SessionSettings, SessionStore, StoredMessage
+from sinkchat.store import SessionInfo, SessionSettings, SessionStore, StoredMessage, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,13 @@ CHECKPOINT_SECONDS = 0.25
 class SessionLibrary:
     """The saved sessions in one folder: ``sessions.db``, ``snapshots/*.kv``, ``locks/*.lock``."""
 
-    def __init__(self, folder: Path, *, max_snapshots: int = 32) -> None:
+    def __init__(self, folder: Path, *, max_snapshots: int = 32, max_snapshot_bytes: int = 8 << 30) -> None:
         self.folder = folder
         self.store = SessionStore(folder)
         self.snapshots = folder / "snapshots"
         self.locks = folder / "locks"
         self.max_snapshots = max_snapshots
+        self.max_snapshot_bytes = max_snapshot_bytes
 
     def snapshot_path(self, session_id: str) -> Path:
         return self.snapshots / f"{session_id}{SUFFIX}"
@@ -100,19 +101,34 @@ class SessionLibrary:
         return self.store.get(info.id)
 
     def prune_snapshots(self, keep: str | None = None) -> int:
-        """Keep snapshots of the ``max_snapshots`` most recently used sessions only; returns files removed.
+        """Bound the snapshots: the most recently used sessions' only, at most ``max_snapshots`` files
+        and ``max_snapshot_bytes`` together (``keep``, the open session, always stays).
 
-        Orphans (deleted sessions) and temporary files of killed writers go too.
+        Orphans (deleted sessions) and temporary files of killed writers go too.  Returns
+        how many files were removed.
         """
         if not self.snapshots.is_dir():
             return 0
-        recent = {s.id for s in self.store.list(limit=self.max_snapshots)} if self.max_snapshots else set()
-        if keep:
-            recent.add(keep)
+        files = {p.stem: p for p in self.snapshots.iterdir() if p.suffix == SUFFIX}
+        wanted, total = set(), 0
+        if keep in files:
+            wanted.add(keep)
+            total += _size(files[keep])
+        for info in self.store.list():
+            if len(wanted) >= self.max_snapshots:
+                break
+            path = files.get(info.id)
+            if path is None or info.id in wanted:
+                continue
+            size = _size(path)
+            if total + size > self.max_snapshot_bytes:
+                continue
+            wanted.add(info.id)
+            total += size
         removed = 0
         for path in self.snapshots.iterdir():
             stale_tmp = path.name.endswith(".tmp") and time.time() - _mtime(path) > 3600
-            if stale_tmp or (path.suffix == SUFFIX and path.stem not in recent):
+            if stale_tmp or (path.suffix == SUFFIX and path.stem not in wanted):
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -123,6 +139,13 @@ class SessionLibrary:
 
 def _is_id(value: str) -> bool:
     return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _mtime(path: Path) -> float:
@@ -195,6 +218,8 @@ class Session:
         """What happened on resume (e.g. the cache was rebuilt, and why), for the UI to show once."""
         self.resume_tokens = 0
         """Tokens evaluated while resuming: 0 when the snapshot was up to date."""
+        self.save_error: str | None = None
+        """Why the last reply could not be saved (a full disk ...); the UIs show it."""
 
     # -- opening ------------------------------------------------------------------------
 
@@ -356,16 +381,22 @@ class Session:
             return
         store = self.library.store
         n_before = len(self.chat.messages)
-        user_id, reply_id = store.begin_exchange(self.id, text)
-        if not self.info.title:
-            self.info = store.get(self.id)
+        self.save_error = None
+        try:
+            user_id, reply_id = store.begin_exchange(self.id, text)
+            if not self.info.title:
+                self.info = store.get(self.id)
+        except StoreError as exc:  # e.g. a full disk: the chat goes on, unsaved, and says so
+            self._save_failed(exc)
+            yield from self.chat.send(text, max_tokens=max_tokens, stop=stop)
+            return
         stream = self.chat.send(text, max_tokens=max_tokens, stop=stop)
         try:
             yield from self._checkpointed(stream, reply_id)
         finally:
             stream.close()  # a consumer that stops early must not leave the chat holding its lock
             if len(self.chat.messages) == n_before:  # cancelled before the model read it
-                store.drop_exchange(user_id, reply_id)
+                self._saving(store.drop_exchange, user_id, reply_id)
             else:
                 self._finish(reply_id)
 
@@ -394,8 +425,8 @@ class Session:
         store, pieces, saved_at = self.library.store, [], time.monotonic()
         for piece in stream:
             pieces.append(piece)
-            if time.monotonic() - saved_at >= CHECKPOINT_SECONDS:
-                store.checkpoint(reply_id, "".join(pieces))
+            if time.monotonic() - saved_at >= CHECKPOINT_SECONDS and self.save_error is None:
+                self._saving(store.checkpoint, reply_id, "".join(pieces))
                 saved_at = time.monotonic()
             yield piece
 
@@ -403,8 +434,21 @@ class Session:
         """Commit the finished reply (the chat has closed the turn), then snapshot the cache."""
         reply = self.chat.messages[-1]["content"] if self.chat.messages else ""
         end = self.chat.last_reply
-        self.library.store.finish(reply_id, reply, end.finish_reason if end else None)
-        self.save_snapshot()
+        if self._saving(self.library.store.finish, reply_id, reply, end.finish_reason if end else None):
+            self.save_snapshot()
+
+    def _saving(self, write: Callable[..., object], *args: object) -> bool:
+        """Run a database write; a failure is kept in :attr:`save_error` instead of ending the chat."""
+        try:
+            write(*args)
+            return True
+        except StoreError as exc:
+            self._save_failed(exc)
+            return False
+
+    def _save_failed(self, exc: StoreError) -> None:
+        self.save_error = f"this chat is not being saved: {exc}"
+        log.warning("%s", self.save_error)
 
     def save_snapshot(self) -> None:
         """Capture the cache now; the file is written in the background."""

@@ -66,6 +66,7 @@ class ChatSettings(_Section):
 class SessionsSettings(_Section):
     dir: Path | None = Field(None, description="where sessions are saved (default: the user data dir)")
     max_snapshots: int = Field(32, ge=0, description="sessions whose KV cache is kept for instant resume")
+    max_snapshot_gb: float = Field(8.0, ge=0, description="disk space all KV snapshots may take together")
 
     @field_validator("dir")
     @classmethod
@@ -196,6 +197,7 @@ repeat_penalty = 1.1
 [sessions]
 # dir = "~/sinkchat-sessions"           # default: the user data dir
 max_snapshots = 32                      # sessions whose KV cache is kept for instant resume
+max_snapshot_gb = 8                     # disk space all snapshots may take together
 
 [ui]
 theme = "textual-dark"

@@ -211,3 +211,30 @@ def test_a_missing_model_file_falls_back_with_a_message(smollm2_path: Path, libr
         assert [m["content"] for m in resumed.messages] == ["Hello", "Hi there!"]
         assert talk(resumed, ["How are you?"], 8)[0]
     assert library.store.get(sid).model_path == str(smollm2_path)
+
+
+def test_a_full_disk_never_ends_the_chat(smollm2_path: Path, library, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sinkchat.session as session_module
+    from sinkchat.store import StoreError
+
+    with Session.new(load(smollm2_path), library) as session:
+        talk(session, QUESTIONS[:1], 8)
+        saved = library.store.messages(session.id)
+
+        def full(*args, **kwargs):
+            raise StoreError("cannot save to the sessions database: database or disk is full")
+
+        monkeypatch.setattr(library.store, "begin_exchange", full)
+        assert talk(session, ["Still there?"], 8)[0]  # the reply comes anyway
+        assert session.save_error and "disk is full" in session.save_error
+        assert library.store.messages(session.id) == saved  # what was saved stays as it was
+
+        def no_space(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.undo()
+        monkeypatch.setattr(session_module, "write_snapshot", no_space)
+        assert talk(session, ["And now?"], 8)[0]
+        assert session.save_error is None and session.flush(30)
+        assert "No space left" in (session._writer.last_error or "")
+        assert len(library.store.messages(session.id)) == len(saved) + 2  # messages saved, snapshot not

@@ -298,3 +298,28 @@ def test_gaps_in_a_salvaged_history_become_empty_turns() -> None:
         {"role": "user", "content": "d"},
         {"role": "assistant", "content": ""},
     ]
+
+
+def test_snapshots_are_bounded_in_number_and_bytes(tmp_path: Path) -> None:
+    import time
+
+    library = SessionLibrary(tmp_path, max_snapshots=3, max_snapshot_bytes=2500)
+    ids = []
+    for i in range(5):
+        ids.append(chat_in(library.store, (f"q{i}", f"a{i}")))
+        library.snapshot_path(ids[-1]).parent.mkdir(exist_ok=True)
+        library.snapshot_path(ids[-1]).write_bytes(b"x" * 1000)
+        time.sleep(0.01)  # distinct "last used" times
+    orphan = library.snapshots / ("f" * 32 + ".kv")
+    orphan.write_bytes(b"x")
+    stale = library.snapshots / ".abc.kv.123.tmp"
+    stale.write_bytes(b"x")
+    os.utime(stale, (0, 0))
+    fresh_tmp = library.snapshots / ".def.kv.456.tmp"  # a writer may be busy with it
+    fresh_tmp.write_bytes(b"x")
+
+    removed = library.prune_snapshots(keep=ids[0])
+    left = sorted(p.name for p in library.snapshots.iterdir())
+    # The open session stays; then the most recent ones while 3 files and 2500 bytes allow.
+    assert left == sorted([f"{ids[0]}.kv", f"{ids[4]}.kv", fresh_tmp.name])
+    assert removed == 5  # ids 1-3, the orphan, the stale temporary file
