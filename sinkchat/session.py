@@ -197,6 +197,15 @@ class _SnapshotWriter:
                     self._busy = False
                     self._cond.notify_all()
 
+    def _forget_if_empty(self, session_id: str) -> None:
+        """A chat left without a single message is not worth a line in the sessions list."""
+        try:
+            info = self.library.store.get(session_id)
+            if info.n_messages == 0 and not info.title_custom:
+                self.library.delete(session_id)
+        except (SinkchatError, OSError) as exc:  # another process opened it meanwhile, or it is gone
+            log.debug("kept empty session %s: %s", session_id, exc)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submitted snapshot is on disk; False on timeout."""
         with self._cond:
@@ -501,8 +510,10 @@ class Session:
             new_lock = self.library.lock(info.id)
         else:
             info = store.get(session_id)
+        left = self.id
         self._lock, self.info, self.note, self.resume_tokens = new_lock, info, None, 0
         old.release()
+        self._forget_if_empty(left)
         if session_id is not None:
             self._load()
 
@@ -513,6 +524,15 @@ class Session:
         self._switch_to(None)
         self.library.delete(sid)
 
+    def _forget_if_empty(self, session_id: str) -> None:
+        """A chat left without a single message is not worth a line in the sessions list."""
+        try:
+            info = self.library.store.get(session_id)
+            if info.n_messages == 0 and not info.title_custom:
+                self.library.delete(session_id)
+        except (SinkchatError, OSError) as exc:  # another process opened it meanwhile, or it is gone
+            log.debug("kept empty session %s: %s", session_id, exc)
+
     def flush(self, timeout: float | None = None) -> bool:
         return self._writer.flush(timeout)
 
@@ -520,6 +540,7 @@ class Session:
         """Finish writing the snapshot, give up the session, and free the model (unless told not to)."""
         self._writer.flush(timeout=60)
         self._lock.release()
+        self._forget_if_empty(self.id)
         if close_chat:
             self.chat.close()
 

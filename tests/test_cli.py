@@ -125,7 +125,9 @@ def saved_session(title_text: str = "What is the capital of France?") -> str:
     from sinkchat.store import SessionSettings, SessionStore
 
     store = SessionStore(load_settings().sessions_dir())
-    sid = store.create(model_path="/models/tiny.gguf", system_prompt="Be brief.", settings=SessionSettings(n_ctx=512)).id
+    sid = store.create(
+        model_path="/models/tiny.gguf", system_prompt="Be brief.", settings=SessionSettings(n_ctx=512)
+    ).id
     _, reply = store.begin_exchange(sid, title_text)
     store.finish(reply, "Paris. \x1b[31mred\x1b[0m", "eos")
     store.close()
@@ -198,3 +200,15 @@ def test_resume_remembers_the_cache_size_and_continues() -> None:
     assert "n_ctx 320 → 256" in other.stderr and "rebuilt the cache" in other.stderr
     listed = sinkchat("sessions", "list").stdout.splitlines()
     assert len(listed) == 1 and "6 msgs" in listed[0]
+
+
+def test_a_damaged_database_is_reported_and_replaced(tmp_path: Path) -> None:
+    from sinkchat.settings import load_settings
+
+    saved_session()
+    db = load_settings().sessions_dir() / "sessions.db"
+    db.write_bytes(db.read_bytes()[:1000])  # cut inside the first pages
+    listed = sinkchat("sessions", "list")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr
+    assert "the sessions database was damaged" in listed.stderr and "damaged file is kept at" in listed.stderr
+    assert sinkchat("sessions", "list").stderr in ("", "no sessions\n")  # reported once; the new one works

@@ -238,3 +238,15 @@ def test_a_full_disk_never_ends_the_chat(smollm2_path: Path, library, monkeypatc
         assert session.save_error is None and session.flush(30)
         assert "No space left" in (session._writer.last_error or "")
         assert len(library.store.messages(session.id)) == len(saved) + 2  # messages saved, snapshot not
+
+
+def test_a_chat_without_messages_leaves_no_session(smollm2_path: Path, library) -> None:
+    session = Session.new(load(smollm2_path), library)
+    empty = session.id
+    session.reset()  # a new chat: the empty one is forgotten
+    assert not library.store.exists(empty)
+    talk(session, ["Hi"], 4)
+    kept = session.id
+    session.reset()
+    session.close()
+    assert [s.id for s in library.store.list()] == [kept]
