@@ -10,6 +10,7 @@ from pathlib import Path
 
 from models.sampler import SamplingSettings
 from sinkchat.errors import SinkchatError
+from sinkchat.locks import SessionLockedError
 from sinkchat.settings import Settings
 from sinkchat.stats import ChatStats
 
@@ -142,3 +143,93 @@ class FakeFactory:
         chat = FakeChat(model_name=path.stem, n_ctx=settings.cache.n_ctx, **self.options)  # type: ignore[arg-type]
         self.chats.append(chat)
         return chat
+
+
+class FakeSession:
+    """A FakeChat bound to a saved session in a real (temporary) SessionStore."""
+
+    def __init__(self, chat: FakeChat, source: FakeSessions, session_id: str | None) -> None:
+        self.chat, self.source = chat, source
+        self.note: str | None = None
+        self.save_error: str | None = None
+        self._open(session_id)
+
+    def _open(self, session_id: str | None) -> None:
+        store = self.source.store
+        if session_id is None:
+            self.info = store.create(model_path=f"/models/{self.chat.model_name}.gguf")
+            self.chat.messages = []
+        else:
+            if session_id in self.source.locked:
+                raise SessionLockedError(f"session {session_id[:8]} is open in another sinkchat (process 4242)")
+            self.info = store.get(session_id)
+            self.chat.messages = [{"role": m.role, "content": m.content} for m in store.messages(session_id)]
+            self.note = self.source.note
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def title(self) -> str:
+        return self.info.title
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - everything else is the chat's
+        return getattr(self.chat, name)
+
+    def send(self, text: str, *, max_tokens: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+        store = self.source.store
+        _, reply = store.begin_exchange(self.id, text)
+        yield from self.chat.send(text, max_tokens=max_tokens, stop=stop)
+        store.finish(reply, self.chat.messages[-1]["content"], "eos")
+        self.info = store.get(self.id)
+
+    def regenerate(self, *, max_tokens: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+        return self.chat.regenerate(max_tokens=max_tokens, stop=stop)
+
+    def reset(self, system_prompt: str | None = None) -> None:
+        self.chat.reset(system_prompt)
+        self._open(None)
+
+    def switch(self, session_id: str) -> None:
+        self.source.switched.append(session_id)
+        self._open(session_id)
+
+    def delete_current(self) -> None:
+        old = self.id
+        self._open(None)
+        self.source.store.delete(old)
+
+    def close(self) -> None:
+        self.chat.close()
+
+
+class FakeSessions:
+    """A SessionSource over a real SessionStore; ``locked`` ids act as open in another process."""
+
+    def __init__(self, folder: Path, resume: str | None = None, note: str | None = None) -> None:
+        from sinkchat.store import SessionStore
+
+        self.store = SessionStore(folder)
+        self.locked: set[str] = set()
+        self.switched: list[str] = []
+        self.resume, self.note = resume, note
+
+    def list(self, search: str | None = None):  # noqa: ANN201
+        return self.store.list(search=search)
+
+    def messages(self, session_id: str):  # noqa: ANN201
+        return self.store.messages(session_id)
+
+    def rename(self, session_id: str, title: str) -> None:
+        self.store.rename(session_id, title)
+
+    def delete(self, session_id: str) -> None:
+        if session_id in self.locked:
+            raise SessionLockedError(f"session {session_id[:8]} is open in another sinkchat (process 4242)")
+        self.store.delete(session_id)
+
+    def open(self, chat: FakeChat, session_id: str | None) -> FakeSession:
+        if session_id is None and self.resume is not None:
+            session_id, self.resume = self.resume, None
+        return FakeSession(chat, self, session_id)

@@ -18,7 +18,8 @@ from sinkchat.store import SessionStore, StoredMessage
 pytestmark = pytest.mark.slow
 
 LONG_PASTE = "Here is a long document to summarise. " + " ".join(
-    f"Paragraph {i}: the committee discussed budgets, harbours, lighthouses and the weather at length." for i in range(150)
+    f"Paragraph {i}: the committee discussed budgets, harbours, lighthouses and the weather at length."
+    for i in range(150)
 )
 
 

@@ -34,7 +34,9 @@ FP = Fingerprint(
 
 
 def header(kv: bytes = KV) -> SnapshotHeader:
-    state = CacheState(tokens=[1, 2, 3], pin_target=4, n_pinned=3, segments=[], group=0, first_group=None, opening_len=3)
+    state = CacheState(
+        tokens=[1, 2, 3], pin_target=4, n_pinned=3, segments=[], group=0, first_group=None, opening_len=3
+    )
     return SnapshotHeader(
         fingerprint=FP, state=state, n_messages=0, messages_digest="", kv_bytes=len(kv), kv_crc32=crc32(kv)
     )

@@ -105,3 +105,22 @@ def test_model_picker(snap_compare) -> None:
         await settle(pilot, lambda: any(t.row_count == 3 for t in pilot.app.screen.query(DataTable)))
 
     assert snap_compare(app(), terminal_size=SIZE, run_before=run_before)
+
+
+def test_sessions_screen(snap_compare, tmp_path: Path) -> None:
+    from tests.fake_chat import FakeSessions
+    from tests.test_tui_sessions import saved
+
+    sessions = FakeSessions(tmp_path)
+    saved(sessions, ("Plan a three-day trip to Lisbon", "Day 1: Alfama and the castle."))
+    saved(sessions, ("Why is the sky blue?", "Rayleigh scattering."), ("And sunsets?", "Longer path."))
+    saved(sessions, ("Fix my Python import error", "Check your PYTHONPATH."), interrupted=True)
+    settings = Settings.model_validate({"cache": {"n_ctx": 512}})
+    snap_app = SinkchatApp(settings, model_path=MODEL, chat_factory=FakeFactory(), sessions=sessions)
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot, lambda: pilot.app.chat is not None)
+        await pilot.press("ctrl+s")
+        await settle(pilot, lambda: any(t.row_count == 4 for t in pilot.app.screen.query(DataTable)))
+
+    assert snap_compare(snap_app, terminal_size=SIZE, run_before=run_before)

@@ -13,7 +13,7 @@ from models.default_model import default_model_path
 from models.local_models import LocalModel, Source, scan_local_models
 from sinkchat.settings import Settings, config_path
 from tui import keys
-from tui.backend import ChatBackend, ChatFactory, load_chat
+from tui.backend import ChatBackend, ChatFactory, SessionSource, load_chat
 from tui.screens.chat import ChatScreen
 from tui.screens.help import HelpScreen
 from tui.screens.welcome import NoModelScreen
@@ -31,8 +31,11 @@ class SinkchatApp(App[None]):
         model_path: Path | None = None,
         chat_factory: ChatFactory = load_chat,
         local_models: Iterable[LocalModel] | None = None,
+        sessions: SessionSource | None = None,
     ) -> None:
         super().__init__()
+        self.sessions = sessions
+        """Saved sessions; None: chats are not saved (tests, or no data dir)."""
         self.settings = settings
         self.given_model = model_path
         self.model_path = model_path or settings.model.default or default_model_path()
@@ -64,7 +67,7 @@ class SinkchatApp(App[None]):
             problems.append(f"[keys] names unknown binding ids {', '.join(unknown)}; F1 lists the ids")
         self.set_keymap(self.user_keymap)
         for problem in problems:
-            self.notify(f"{config_path()}: {problem}", title="Settings", severity="error", timeout=20)
+            self.notify(f"{config_path()}: {problem}", title="Settings", severity="error", timeout=20, markup=False)
 
     def scan_models(self) -> list[LocalModel]:
         """Models for the picker (runs in a worker: it reads file headers)."""
@@ -82,7 +85,7 @@ class SinkchatApp(App[None]):
         if self.chat is None:
             self.push_screen(NoModelScreen(self.settings.models_dir(), reason))
         else:
-            self.notify(reason, title="Model not loaded", severity="error", timeout=15)
+            self.notify(reason, title="Model not loaded", severity="error", timeout=15, markup=False)
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -113,10 +116,28 @@ class SinkchatApp(App[None]):
         yield SystemCommand("Keys", "Show every key and its binding id", self.action_help)
 
 
-def run(settings: Settings, model_path: Path | None = None) -> int:
-    """Entry point of the ``sinkchat.frontends`` group: run the app until the user quits."""
+def run(
+    settings: Settings,
+    model_path: Path | None = None,
+    *,
+    library: object | None = None,
+    plan: object | None = None,
+    given: frozenset[str] = frozenset(),
+) -> int:
+    """Entry point of the ``sinkchat.frontends`` group: run the app until the user quits.
+
+    ``library`` (a ``SessionLibrary``) saves the chats; ``plan`` (an ``OpenPlan``) says which
+    model to load and which session to resume, ``given`` which settings the command line set.
+    """
+    from tui.backend import LibrarySessions
+
     _log_to_file()
-    app = SinkchatApp(settings, model_path=model_path)
+    sessions = LibrarySessions(library, plan, given) if library is not None else None
+    if plan is not None:
+        model_path = plan.model_path  # type: ignore[attr-defined]
+        n_ctx = plan.load_options.get("n_ctx", settings.cache.n_ctx)  # type: ignore[attr-defined]
+        settings = settings.model_copy(update={"cache": settings.cache.model_copy(update={"n_ctx": n_ctx})})
+    app = SinkchatApp(settings, model_path=model_path, sessions=sessions)
     try:
         app.run()
     finally:

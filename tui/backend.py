@@ -1,7 +1,8 @@
-"""What the UI needs from a chat, and how it gets one.
+"""What the UI needs from a chat and from the saved sessions, and how it gets them.
 
-The UI talks to ``sinkchat.Chat`` (the session manager) through this protocol only, so
-tests can drive every screen with a fake, and no widget ever reaches llama.cpp.
+The UI talks to ``sinkchat`` (``Chat``, ``Session``, ``SessionLibrary``) through these
+protocols only, so tests can drive every screen with fakes, and no widget ever reaches
+llama.cpp.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Protocol
 from models.sampler import SamplingSettings
 from sinkchat.settings import Settings
 from sinkchat.stats import ChatStats
+from sinkchat.store import SessionInfo, StoredMessage
 
 
 class ReplyEnd(Protocol):
@@ -50,3 +52,56 @@ def load_chat(path: Path, settings: Settings) -> ChatBackend:
     from sinkchat.chat import Chat
 
     return Chat.load(path, **settings.load_options())
+
+
+class SessionBackend(ChatBackend, Protocol):
+    """A chat bound to a saved session (``sinkchat.session.Session``)."""
+
+    id: str
+    title: str
+    note: str | None
+    save_error: str | None
+
+    def switch(self, session_id: str) -> None: ...
+    def delete_current(self) -> None: ...
+
+
+class SessionSource(Protocol):
+    """The saved sessions, as the UI sees them.  ``open`` runs in a worker thread."""
+
+    def list(self, search: str | None = None) -> list[SessionInfo]: ...
+    def messages(self, session_id: str) -> list[StoredMessage]: ...
+    def rename(self, session_id: str, title: str) -> None: ...
+    def delete(self, session_id: str) -> None: ...
+    def open(self, chat: ChatBackend, session_id: str | None) -> SessionBackend: ...
+
+
+class LibrarySessions:
+    """:class:`SessionSource` over a ``SessionLibrary``; the first ``open`` follows the command line's plan."""
+
+    def __init__(self, library, plan=None, given: frozenset[str] = frozenset()) -> None:  # noqa: ANN001
+        self.library = library
+        self.plan = plan
+        self.given = given
+
+    def list(self, search: str | None = None) -> list[SessionInfo]:
+        return self.library.store.list(search=search)
+
+    def messages(self, session_id: str) -> list[StoredMessage]:
+        return self.library.store.messages(session_id)
+
+    def rename(self, session_id: str, title: str) -> None:
+        self.library.store.rename(session_id, title)
+
+    def delete(self, session_id: str) -> None:
+        self.library.delete(session_id)
+
+    def open(self, chat: ChatBackend, session_id: str | None) -> SessionBackend:
+        from sinkchat.opening import OpenPlan, open_session
+
+        plan, given = self.plan, self.given
+        self.plan, self.given = None, frozenset()
+        if plan is None or session_id is not None:
+            plan = OpenPlan(Path(), {}, session_id)
+            given = frozenset()
+        return open_session(chat, self.library, plan, given)  # type: ignore[arg-type,return-value]

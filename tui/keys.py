@@ -20,6 +20,7 @@ CHAT = [
     Binding("f2", "system_prompt", "System prompt", id="chat.system", show=False),
     Binding("f3", "sampling", "Sampling", id="chat.sampling", show=False),
     Binding("ctrl+o", "pick_model", "Model", id="chat.model"),
+    Binding("ctrl+s,f5", "sessions", "Sessions", id="chat.sessions"),
 ]
 COMPOSER = [
     Binding("enter", "send", "Send", id="composer.send", priority=True, show=False),
@@ -27,12 +28,23 @@ COMPOSER = [
 ]
 DIALOG = [Binding("escape", "dismiss(None)", "Close dialog", id="dialog.close")]
 SAVE = [Binding("ctrl+s", "save", "Save system prompt", id="dialog.save")]
+SESSIONS = [
+    Binding("down", "cursor(1)", "Next session", show=False),
+    Binding("up", "cursor(-1)", "Previous session", show=False),
+    Binding("ctrl+n", "new", "New chat", id="sessions.new"),
+    Binding("f2", "rename", "Rename", id="sessions.rename"),
+    Binding("delete,f8", "delete", "Delete", id="sessions.delete"),
+]
+CONFIRM = [
+    Binding("y", "answer(True)", "Yes", show=False),
+    Binding("n", "answer(False)", "No", show=False),
+]
 HELP = [Binding("escape,f1,q", "dismiss", "Close help", id="help.close")]
 WELCOME = [
     Binding("ctrl+o", "app.pick_model", "Choose a local model", id="welcome.pick"),
     Binding("ctrl+q", "app.quit", "Quit", id="welcome.quit"),
 ]
-ALL = [*APP, *CHAT, *COMPOSER, *DIALOG, *SAVE, *HELP, *WELCOME]
+ALL = [*APP, *CHAT, *COMPOSER, *DIALOG, *SAVE, *SESSIONS, *CONFIRM, *HELP, *WELCOME]
 IDS = {b.id for b in ALL if b.id}
 
 

@@ -24,10 +24,12 @@ from textual.worker import Worker, WorkerState
 from models.errors import ModelError
 from sinkchat.errors import SinkchatError
 from sinkchat.safe_text import inert
+from sinkchat.store import StoredMessage
 from tui import keys
 from tui.backend import ChatBackend
 from tui.screens.forms import SamplingChoice, SamplingScreen, SystemPromptScreen
 from tui.screens.models import ModelPickerScreen
+from tui.screens.sessions import SessionChoice, SessionsScreen
 from tui.widgets.composer import Composer
 from tui.widgets.messages import AssistantMessage, UserMessage
 from tui.widgets.status import StatusBar
@@ -56,9 +58,18 @@ class ChatScreen(Screen[None]):
     BINDINGS = keys.CHAT
 
     class ModelReady(Message):
-        def __init__(self, chat: ChatBackend, path: Path) -> None:
+        def __init__(
+            self, chat: ChatBackend, path: Path, history: list[StoredMessage], old_closed: bool = False
+        ) -> None:
             super().__init__()
-            self.chat, self.path = chat, path
+            self.chat, self.path, self.history, self.old_closed = chat, path, history, old_closed
+
+    class SessionOpened(Message):
+        """Another saved session is now in the cache: show its messages."""
+
+        def __init__(self, history: list[StoredMessage], note: str | None) -> None:
+            super().__init__()
+            self.history, self.note = history, note
 
     class Chunk(Message):
         def __init__(self, view: AssistantMessage, text: str) -> None:
@@ -78,6 +89,7 @@ class ChatScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.replying = False
+        self.loading_model = False
         self.replies_done = 0
         self.state = ""
 
@@ -114,26 +126,75 @@ class ChatScreen(Screen[None]):
     # -- models ----------------------------------------------------------------------------
 
     def load(self, path: Path) -> None:
-        """Load a model for a new chat, off the UI thread."""
+        """Load a model off the UI thread; the current saved session (if any) continues in it."""
         self.set_state(f"loading {path.stem} …")
         self.query_one("#messages").loading = True
-        self.load_worker(path)
+        self.loading_model = True
+        self.load_worker(path, self.chat)
 
     @work(thread=True, group="llm", exit_on_error=False, name="load")
-    def load_worker(self, path: Path) -> None:
+    def load_worker(self, path: Path, old: ChatBackend | None) -> None:
         chat = self.sink_app.chat_factory(path, self.sink_app.settings)
-        self.post_message(self.ModelReady(chat, path))
+        sessions = self.sink_app.sessions
+        if sessions is None:
+            self.post_message(self.ModelReady(chat, path, []))
+            return
+        reopen = getattr(old, "id", None)
+        try:
+            if old is not None:
+                old.close()  # saves it and gives up its lock, so the new model can open it
+            session = sessions.open(chat, reopen)
+            history = sessions.messages(session.id)
+        except BaseException:
+            chat.close()
+            if old is not None:
+                self.sink_app.call_from_thread(self._lost_chat, old)
+            raise
+        self.post_message(self.ModelReady(session, path, history, old_closed=old is not None))
+
+    def _lost_chat(self, old: ChatBackend) -> None:
+        if self.sink_app.chat is old:
+            self.sink_app.chat = None
 
     async def on_chat_screen_model_ready(self, message: ModelReady) -> None:
         old, app = self.chat, self.sink_app
         messages = self.query_one("#messages")
         messages.loading = False
-        await messages.remove_children()
-        self.notify(f"{message.chat.model_name} on {message.chat.device}", title="Model ready")
+        self.loading_model = False
+        await self.show_history(message.history)
+        self.notify(f"{message.chat.model_name} on {message.chat.device}", title="Model ready", markup=False)
         app.chat, app.model_path = message.chat, message.path
         self.set_state("")
-        if old is not None:
+        self.show_note(getattr(message.chat, "note", None))
+        if old is not None and not message.old_closed:
             self.close_worker(old)
+
+    async def show_history(self, history: list[StoredMessage]) -> None:
+        """Replace the view with a saved conversation; replies cut off by a crash say so."""
+        view = self.query_one("#messages", VerticalScroll)
+        await view.remove_children()
+        widgets: list[UserMessage | AssistantMessage] = []
+        for stored in history:
+            if stored.role == "user":
+                widgets.append(UserMessage(stored.content))
+            else:
+                reply = AssistantMessage(stored.content)
+                if stored.status != "complete":
+                    reply.border_subtitle = "interrupted"
+                elif stored.finish in FINISH_NOTES:
+                    reply.border_subtitle = FINISH_NOTES[stored.finish]
+                widgets.append(reply)
+        if widgets:
+            await view.mount_all(widgets)
+        view.scroll_end(animate=False)
+        view.anchor()
+
+    def show_note(self, note: str | None) -> None:
+        chat = self.chat
+        if note:
+            self.notify(note, title="Session", timeout=15, markup=False)
+            if chat is not None and getattr(chat, "note", None) == note:
+                chat.note = None  # type: ignore[attr-defined]
 
     @work(thread=True, group="llm", exit_on_error=False)
     def close_worker(self, chat: ChatBackend) -> None:
@@ -142,11 +203,14 @@ class ChatScreen(Screen[None]):
     # -- replies -----------------------------------------------------------------------------
 
     def ready(self) -> ChatBackend | None:
+        if self.loading_model:
+            self.notify("A model is loading; one moment.", severity="warning", markup=False)
+            return None
         if self.chat is None:
-            self.notify("No model is loaded yet.", severity="warning")
+            self.notify("No model is loaded yet.", severity="warning", markup=False)
             return None
         if self.replying:
-            self.notify("A reply is still running: Esc stops it.", severity="warning")
+            self.notify("A reply is still running: Esc stops it.", severity="warning", markup=False)
             return None
         return self.chat
 
@@ -208,12 +272,15 @@ class ChatScreen(Screen[None]):
                 composer.text = message.dropped.text  # give the unsent message back
             await message.dropped.remove()
             await message.view.remove()
-            self.notify("Stopped before the message was read; it was not sent.")
+            self.notify("Stopped before the message was read; it was not sent.", markup=False)
         else:
             await message.view.finish(message.note)
         self.replying = False
         self.replies_done += 1
         self.set_state("")
+        save_error = getattr(self.chat, "save_error", None)
+        if save_error:
+            self.notify(save_error, title="Not saved", severity="error", timeout=15, markup=False)
 
     def action_stop(self) -> None:
         if self.replying and self.chat is not None:
@@ -225,7 +292,7 @@ class ChatScreen(Screen[None]):
             return
         replies = list(self.query(AssistantMessage))
         if not replies:
-            self.notify("There is no reply to regenerate yet.", severity="warning")
+            self.notify("There is no reply to regenerate yet.", severity="warning", markup=False)
             return
         await replies[-1].remove()
         view = AssistantMessage()
@@ -240,11 +307,11 @@ class ChatScreen(Screen[None]):
         else:
             replies = list(self.query(AssistantMessage))
             if not replies:
-                self.notify("There is no reply to copy yet.", severity="warning")
+                self.notify("There is no reply to copy yet.", severity="warning", markup=False)
                 return
             text, what = replies[-1].text, "last reply"
         self.app.copy_to_clipboard(inert(text))
-        self.notify(f"Copied the {what} ({len(text)} characters).")
+        self.notify(f"Copied the {what} ({len(text)} characters).", markup=False)
 
     # -- chat settings ---------------------------------------------------------------------
 
@@ -279,7 +346,7 @@ class ChatScreen(Screen[None]):
     def action_sampling(self) -> None:
         chat = self.chat
         if chat is None:
-            self.notify("No model is loaded yet.", severity="warning")
+            self.notify("No model is loaded yet.", severity="warning", markup=False)
             return
 
         def apply(choice: SamplingChoice | None) -> None:
@@ -288,13 +355,15 @@ class ChatScreen(Screen[None]):
             chat.sampling = choice.sampling
             self.sink_app.max_tokens = choice.max_tokens
             limit = "no limit" if choice.max_tokens is None else f"max {choice.max_tokens} tokens"
-            self.notify(f"temperature {choice.sampling.temperature}, top-p {choice.sampling.top_p}, {limit}")
+            self.notify(
+                f"temperature {choice.sampling.temperature}, top-p {choice.sampling.top_p}, {limit}", markup=False
+            )
 
         self.app.push_screen(SamplingScreen(chat.sampling, self.sink_app.max_tokens), apply)
 
     def action_pick_model(self) -> None:
         if self.replying:
-            self.notify("A reply is still running: Esc stops it.", severity="warning")
+            self.notify("A reply is still running: Esc stops it.", severity="warning", markup=False)
             return
         app = self.sink_app
 
@@ -304,6 +373,46 @@ class ChatScreen(Screen[None]):
 
         self.app.push_screen(ModelPickerScreen(app.scan_models, app.settings.models_dir(), app.model_path), chosen)
 
+    # -- saved sessions ----------------------------------------------------------------------
+
+    def action_sessions(self) -> None:
+        sessions = self.sink_app.sessions
+        if sessions is None:
+            self.notify("Chats are not being saved in this run.", severity="warning", markup=False)
+            return
+        chat = self.chat
+        current = getattr(chat, "id", None)
+
+        def chosen(choice: SessionChoice | None) -> None:
+            if choice is None or self.ready() is None:
+                return
+            if choice.action == "new":
+                self.action_new_chat()
+            elif choice.action == "open" and choice.session_id is not None:
+                self.set_state("opening the session …")
+                self.session_worker(lambda backend: backend.switch(choice.session_id))  # type: ignore[attr-defined]
+            elif choice.action == "deleted-current":
+                self.session_worker(lambda backend: backend.delete_current(), "Session deleted; this is a new chat.")  # type: ignore[attr-defined]
+
+        self.app.push_screen(SessionsScreen(sessions, current), chosen)
+
+    @work(thread=True, group="llm", exit_on_error=False, name="session")
+    def session_worker(self, change: Callable[[ChatBackend], None], done: str | None = None) -> None:
+        """Switch or replace the session in the loaded model, then show its messages."""
+        chat, sessions = self.chat, self.sink_app.sessions
+        assert chat is not None and sessions is not None
+        change(chat)
+        history = sessions.messages(chat.id)  # type: ignore[attr-defined]
+        self.post_message(self.SessionOpened(history, done or getattr(chat, "note", None)))
+
+    async def on_chat_screen_session_opened(self, message: SessionOpened) -> None:
+        await self.show_history(message.history)
+        self.set_state("")
+        self.show_note(message.note)
+        if message.note is None:
+            title = getattr(self.chat, "title", "")
+            self.notify(f"Opened “{inert(title)}”." if title else "Opened the session.", markup=False)
+
     @work(thread=True, group="llm", exit_on_error=False, name="task")
     def task_worker(self, task: Callable[[], str], clear: bool = False) -> None:
         self.post_message(self.TaskDone(task(), clear))
@@ -311,7 +420,7 @@ class ChatScreen(Screen[None]):
     async def on_chat_screen_task_done(self, message: TaskDone) -> None:
         if message.clear:
             await self.query_one("#messages").remove_children()
-        self.notify(message.note)
+        self.notify(message.note, markup=False)
         self.refresh_status()
 
     # -- failures ----------------------------------------------------------------------------
@@ -326,4 +435,4 @@ class ChatScreen(Screen[None]):
             self.set_state("")
             self.sink_app.model_failed(text)
         else:
-            self.notify(text, title="Error", severity="error", timeout=12)
+            self.notify(text, title="Error", severity="error", timeout=12, markup=False)

@@ -97,6 +97,6 @@ class ModelPickerScreen(ModalScreen[Path | None]):
             return
         model = self.found[event.cursor_row]
         if not model.usable:
-            self.notify(model.problem or "this file cannot be used", severity="error")
+            self.notify(model.problem or "this file cannot be used", severity="error", markup=False)
             return
         self.dismiss(model.path)
