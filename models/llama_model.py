@@ -79,8 +79,14 @@ class LlamaModel(NativeHandle):
         if n_gpu_layers is None:
             n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
         self.n_gpu_layers = n_gpu_layers
-        params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
-        params.use_mmap = use_mmap
+        # "All layers": 999, the value llama.cpp's own tools use.
+        params.n_gpu_layers = 999 if n_gpu_layers < 0 else n_gpu_layers
+        fields = {name for name, *_ in type(params)._fields_}
+        if "load_mode" in fields:  # llama.cpp replaced use_mmap with a load mode (default: auto)
+            if not use_mmap:
+                params.load_mode = 0  # LLAMA_LOAD_MODE_NONE: read the file into memory
+        elif "use_mmap" in fields:
+            params.use_mmap = use_mmap
         llama_log.clear()
         ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not ptr:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.errors import DecodeError
 from models.llama_context import LlamaContext
 from models.llama_model import LlamaModel
 from models.options import LoadOptions
@@ -138,3 +139,38 @@ def test_greedy_sampling_is_deterministic_and_seeded_sampling_repeats(model: Lla
     assert run(greedy) == run(greedy)
     seeded = SamplingSettings(temperature=1.0, seed=42)
     assert run(seeded) == run(seeded)
+
+
+def test_reading_the_file_instead_of_mapping_it_gives_the_same_model(model: LlamaModel, smollm2_path: Path) -> None:
+    # This llama.cpp has a load mode instead of use_mmap: setting the old field was a silent no-op.
+    read = LlamaModel(smollm2_path, use_mmap=False)
+    try:
+        tokens = model.tokenize(TEXT)
+        logits = []
+        for m in (model, read):
+            ctx = LlamaContext(m, LoadOptions(n_ctx=256))
+            ctx.decode(tokens, 0)
+            logits.append(ctx.logits())
+            ctx.close()
+        assert np.array_equal(logits[0], logits[1])
+    finally:
+        read.close()
+
+
+def test_a_full_snapshot_restores_bit_for_bit(model: LlamaModel) -> None:
+    tokens = model.tokenize(TEXT)
+    a = LlamaContext(model, LoadOptions(n_ctx=256))
+    a.decode(tokens[:-1], 0, "none")
+    saved = a.save_state()
+    a.decode(tokens[-1:], len(tokens) - 1)
+    b = LlamaContext(model, LoadOptions(n_ctx=256))
+    b.load_state(saved)
+    assert b.pos_max() == len(tokens) - 2
+    b.decode(tokens[-1:], len(tokens) - 1)
+    assert np.array_equal(a.logits(), b.logits())
+    c = LlamaContext(model, LoadOptions(n_ctx=256, type_k="q8_0"))
+    with pytest.raises(DecodeError, match="rejected the saved KV cache"):
+        c.load_state(saved)
+    assert c.pos_max() == -1  # a refused load leaves the sequence empty
+    for ctx in (a, b, c):
+        ctx.close()
