@@ -37,11 +37,9 @@ def endless(path: Path, n_gpu_layers: int, tokens: int, **options) -> tuple[floa
     """Raw generation of ``tokens`` tokens through a 256-token cache; tok/s and the chat (open)."""
     chat = Chat.load(path, n_ctx=256, n_gpu_layers=n_gpu_layers, sampling={"temperature": 0.8, "seed": 7}, **options)
     started = time.perf_counter()
-    n = 0
     for _ in chat.generate("Once upon a time", max_tokens=tokens, stop_at_eos=False):
         engine = chat.engine
         assert engine.n_cached <= 256 and chat.context.pos_max() == engine.n_cached - 1
-        n += 1
     seconds = time.perf_counter() - started
     return chat.last_reply.n_tokens / seconds, chat
 
