@@ -1,0 +1,152 @@
+"""The Hub catalogue: the real ``huggingface_hub`` client against a local fake Hub on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from models.hub import HubClient, HubError, iter_pages
+from models.hub_files import HubFile, group_gguf, kind_of, parse_quant
+from tests.fake_hub import FakeFile, FakeHub, FakeRepo
+
+
+@pytest.fixture
+def hub() -> Iterator[tuple[FakeHub, str]]:
+    fake = FakeHub(page_size=2)
+    fake.add(
+        FakeRepo(
+            "bartowski/Llama-3.2-1B-Instruct-GGUF",
+            [
+                FakeFile("README.md", b"# card"),
+                FakeFile("Llama-3.2-1B-Instruct-Q4_K_M.gguf", b"q" * 300),
+                FakeFile("Llama-3.2-1B-Instruct-Q8_0.gguf", b"e" * 500),
+                FakeFile("Llama-3.2-1B-Instruct-IQ4_XS.gguf", b"i" * 250),
+            ],
+            downloads=90_000,
+            likes=120,
+            gguf={"architecture": "llama", "total": 1_235_814_432, "context_length": 131072},
+        )
+    )
+    fake.add(
+        FakeRepo(
+            "unsloth/Big-GGUF",
+            [FakeFile(f"Q2_K/Big-Q2_K-0000{i}-of-00003.gguf", b"b" * 40) for i in (3, 1, 2)]
+            + [FakeFile("mmproj-Big-F16.gguf", b"m" * 7), FakeFile("imatrix.gguf", b"x")],
+            downloads=5_000,
+            last_modified="2026-11-20T08:00:00.000Z",
+        )
+    )
+    fake.add(FakeRepo("meta-llama/Gated-GGUF", [FakeFile("g-Q4_0.gguf", b"g")], downloads=70_000, gated="manual"))
+    fake.add(FakeRepo("someone/safetensors-only", [FakeFile("model.safetensors", b"s")], downloads=10**6))
+    url = fake.start()
+    yield fake, url
+    fake.stop()
+
+
+def test_search_finds_gguf_repositories_by_downloads(hub) -> None:
+    fake, url = hub
+    results = HubClient(endpoint=url).search(limit=10)
+    assert [r.repo_id for r in results] == [
+        "bartowski/Llama-3.2-1B-Instruct-GGUF",
+        "meta-llama/Gated-GGUF",
+        "unsloth/Big-GGUF",
+    ]  # the safetensors-only repository is not a GGUF one
+    top = results[0]
+    assert (top.downloads, top.likes, top.architecture, top.parameters) == (90_000, 120, "llama", 1_235_814_432)
+    assert results[1].gated == "manual"
+    assert any("filter=gguf" in r for r in fake.requests)
+    assert len([r for r in fake.requests if r.startswith("/api/models?")]) == 2  # followed the Link header
+
+
+def test_search_by_query_sort_and_pages(hub) -> None:
+    _, url = hub
+    client = HubClient(endpoint=url)
+    assert [r.repo_id for r in client.search("llama")] == [
+        "bartowski/Llama-3.2-1B-Instruct-GGUF",
+        "meta-llama/Gated-GGUF",
+    ]
+    assert client.search(sort="last_modified", limit=1)[0].repo_id == "unsloth/Big-GGUF"
+    pages = list(iter_pages(client, "", page=2))
+    assert [len(p) for p in pages] == [2, 1]
+    assert client.search("no such model") == []
+
+
+def test_files_are_grouped_for_picking(hub) -> None:
+    _, url = hub
+    choices = HubClient(endpoint=url).files("unsloth/Big-GGUF")
+    assert [(c.name, c.kind, c.quant) for c in choices] == [
+        ("Big-Q2_K", "model", "Q2_K"),
+        ("mmproj-Big-F16", "mmproj", "F16"),
+        ("imatrix", "imatrix", None),
+    ]
+    big = choices[0]
+    assert [p.path for p in big.parts] == [f"Q2_K/Big-Q2_K-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    assert big.size == 120 and big.complete and big.first.endswith("00001-of-00003.gguf")
+
+
+def test_files_carry_size_and_sha256(hub) -> None:
+    import hashlib
+
+    _, url = hub
+    choices = HubClient(endpoint=url).files("bartowski/Llama-3.2-1B-Instruct-GGUF")
+    assert [c.quant for c in choices] == ["IQ4_XS", "Q4_K_M", "Q8_0"]  # smallest first; the README is not a choice
+    q4 = choices[1]
+    assert q4.size == 300 and q4.parts[0].sha256 == hashlib.sha256(b"q" * 300).hexdigest()
+
+
+def test_gated_missing_and_unreachable_are_clear(hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake, url = hub
+    with pytest.raises(HubError, match="is gated: accept its terms on the Hub, then set HF_TOKEN"):
+        HubClient(endpoint=url).files("meta-llama/Gated-GGUF")
+    with pytest.raises(HubError, match="is gated"):
+        HubClient(endpoint=url, token="hf_wrong").files("meta-llama/Gated-GGUF")
+    assert HubClient(endpoint=url, token=fake.token).files("meta-llama/Gated-GGUF")[0].quant == "Q4_0"
+    with pytest.raises(HubError, match="nobody/nothing was not found on the Hub"):
+        HubClient(endpoint=url).files("nobody/nothing")
+    fake.stop()
+    import huggingface_hub.utils._http as http
+
+    waits: list[float] = []
+    monkeypatch.setattr(http.time, "sleep", waits.append)  # the library retries with backoff: 23 s in all
+    with pytest.raises(HubError, match="the Hub cannot be reached"):
+        HubClient(endpoint=url).search("llama")
+    assert sum(waits) > 10
+    fake.start()  # the fixture stops it again
+
+
+def test_offline_mode_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match="offline mode is on"):
+        HubClient(endpoint="http://127.0.0.1:9").search("llama")
+
+
+@pytest.mark.parametrize(
+    ("name", "quant"),
+    [
+        ("Llama-3.2-1B-Instruct-Q4_K_M.gguf", "Q4_K_M"),
+        ("qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf", "Q4_K_M"),
+        ("Mistral-7B-Instruct-v0.3.IQ4_XS.gguf", "IQ4_XS"),
+        ("phi-3-mini-4k-instruct-fp16.gguf", "F16"),
+        ("gemma-2-2b-it-bf16.gguf", "BF16"),
+        ("SmolLM2-135M-Instruct.Q4_1.gguf", "Q4_1"),
+        ("model-Q8_0.gguf", "Q8_0"),
+        ("Q5_K_S/model-Q5_K_S.gguf", "Q5_K_S"),
+        ("DeepSeek-R1-UD-IQ1_S.gguf", "IQ1_S"),
+        ("gpt-oss-20b-MXFP4.gguf", "MXFP4"),
+        ("model.gguf", None),
+        ("Q4_K_M/model.gguf", None),  # only the file name counts
+    ],
+)
+def test_parse_quant(name: str, quant: str | None) -> None:
+    assert parse_quant(name) == quant
+
+
+def test_kinds_and_incomplete_splits() -> None:
+    assert kind_of("mmproj-model-f16.gguf") == "mmproj"
+    assert kind_of("imatrix.gguf") == "imatrix"
+    assert kind_of("README.md") == "other"
+    (choice,) = group_gguf([HubFile(path="m-Q4_0-00001-of-00002.gguf", size=1)])
+    assert not choice.complete  # a part is missing from the repository
