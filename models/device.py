@@ -59,3 +59,27 @@ def describe_placement(n_gpu_layers: int, n_layer: int) -> str:
         return "CPU"
     offloaded = n_layer if n_gpu_layers < 0 else min(n_gpu_layers, n_layer)
     return f"{gpus[0].name} · {offloaded}/{n_layer} layers"
+
+
+def gpu_memory() -> list[tuple[str, int, int]]:
+    """``(name, free bytes, total bytes)`` of each GPU device of this build (empty on CPU-only builds)."""
+    try:
+        devices = backend_devices()
+    except (OSError, AttributeError):
+        return []
+    if not any(d.is_gpu for d in devices):
+        return []
+    from llama_cpp._ggml import libggml
+
+    lib = libggml
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+    lib.ggml_backend_dev_memory.restype = None
+    out = []
+    for i, device in enumerate(devices):
+        if not device.is_gpu:
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(lib.ggml_backend_dev_get(i), ctypes.byref(free), ctypes.byref(total))
+        out.append((device.name, int(free.value), int(total.value)))
+    return out
