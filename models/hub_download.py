@@ -1,0 +1,202 @@
+"""Download a GGUF model (every split part) into the standard Hugging Face cache, verified.
+
+``hf_hub_download`` does the transfer (``HF_HOME``, ``HF_HUB_CACHE``, ``HF_TOKEN``,
+``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` apply); a tqdm class reports bytes, rate and ETA to a
+callback and stops the transfer when asked to.  Each part's size and SHA-256 are checked
+against the Hub's LFS metadata before the model is offered; a cancelled, failed or
+corrupt download removes the parts it fetched, so nothing half-done is listed as a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from models.hub import HubError, _errors
+from models.hub_files import GGUFChoice, HubFile
+
+SPACE_MARGIN = 1.05
+"""Free space wanted beyond the download itself."""
+
+
+class DownloadCancelled(HubError):
+    """The user stopped the download."""
+
+
+class Progress(BaseModel):
+    """How far a download is, across all parts."""
+
+    part: str
+    done: int
+    total: int
+    bytes_per_second: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if not self.bytes_per_second:
+            return None
+        return max(0.0, (self.total - self.done) / self.bytes_per_second)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def cache_dir(override: str | Path | None = None) -> Path:
+    from huggingface_hub import constants
+
+    return Path(override or constants.HF_HUB_CACHE)
+
+
+def pull(
+    repo_id: str,
+    choice: GGUFChoice,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    cache: str | Path | None = None,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    free_space: Callable[[Path], int] | None = None,
+) -> Path:
+    """Download every part of ``choice``; returns the path of the first part (what llama.cpp loads)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    folder = cache_dir(cache)
+    folder.mkdir(parents=True, exist_ok=True)
+    missing = [
+        p for p in choice.parts if not isinstance(try_to_load_from_cache(repo_id, p.path, cache_dir=folder), str)
+    ]
+    need = int(sum(p.size for p in missing) * SPACE_MARGIN)
+    free = (free_space or _free_bytes)(folder)
+    if need > free:
+        raise HubError(
+            f"{choice.name} needs {_gb(need)} of disk space and {folder} has {_gb(free)} free; "
+            "free some space or set HF_HUB_CACHE to another disk"
+        )
+    meter = _Meter(choice.size - sum(p.size for p in missing), choice.size, on_progress, cancel)
+    fetched: list[Path] = []
+    paths: list[Path] = []
+    try:
+        for part in choice.parts:
+            meter.part = part.path
+            meter.check()
+            cached = part not in missing
+            with _errors(f"download {part.path} from {repo_id}", repo_id):
+                path = Path(
+                    hf_hub_download(
+                        repo_id,
+                        part.path,
+                        cache_dir=folder,
+                        endpoint=endpoint,
+                        token=token,
+                        tqdm_class=meter.tqdm_class(),
+                    )
+                )
+            if not cached:
+                fetched.append(path)
+                _verify(path, part)
+            paths.append(path)
+    except BaseException:
+        for path in fetched:  # nothing half-done may look like a model
+            _remove_cached(path)
+        raise
+    return paths[0]
+
+
+def _verify(path: Path, part: HubFile) -> None:
+    size = path.stat().st_size
+    if size != part.size:
+        raise HubError(f"{part.path} arrived with {size} bytes instead of {part.size}; it was removed, try again")
+    if part.sha256:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != part.sha256:
+            raise HubError(f"{part.path} is corrupt (its SHA-256 does not match the Hub's); it was removed, try again")
+
+
+def _remove_cached(path: Path) -> None:
+    """Remove a snapshot entry and the blob it points to."""
+    try:
+        blob = path.resolve()
+        path.unlink(missing_ok=True)
+        if blob != path:
+            blob.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+class _Meter:
+    """Counts bytes over all parts, reports at most 10 times a second, and cancels between chunks."""
+
+    def __init__(self, done: int, total: int, on_progress: ProgressCallback | None, cancel: threading.Event | None):
+        self.done, self.total = done, total
+        self.on_progress, self.cancel = on_progress, cancel
+        self.part = ""
+        self.started = time.monotonic()
+        self.start_done = done
+        self.reported = 0.0
+        self.reported_part = ""
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise DownloadCancelled("the download was cancelled; nothing was kept")
+
+    def add(self, n: int) -> None:
+        self.check()
+        self.done += n
+        now = time.monotonic()
+        new_part = self.part != self.reported_part
+        if self.on_progress is not None and (new_part or now - self.reported >= 0.1 or self.done >= self.total):
+            self.reported, self.reported_part = now, self.part
+            elapsed = now - self.started
+            rate = (self.done - self.start_done) / elapsed if elapsed > 0 else None
+            self.on_progress(Progress(part=self.part, done=self.done, total=self.total, bytes_per_second=rate))
+
+    def tqdm_class(self) -> type:
+        from huggingface_hub.utils import tqdm as hf_tqdm
+
+        meter = self
+
+        class MeterTqdm(hf_tqdm):  # type: ignore[misc,valid-type]
+            def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002,ANN003
+                kwargs["disable"] = True  # no bar on the terminal: the UI draws its own
+                super().__init__(*args, **kwargs)
+
+            def update(self, n: float | None = 1) -> bool | None:
+                meter.add(int(n or 0))
+                return None
+
+        return MeterTqdm
+
+
+def environment_summary() -> dict[str, str]:
+    """Which Hub settings are in effect (for ``sinkchat models`` and error messages)."""
+    from huggingface_hub import constants
+
+    return {
+        "endpoint": constants.ENDPOINT,
+        "cache": str(constants.HF_HUB_CACHE),
+        "offline": str(bool(constants.HF_HUB_OFFLINE)),
+        "token": "set" if os.environ.get("HF_TOKEN") else "not set",
+    }

@@ -1,0 +1,159 @@
+"""Downloads through the real ``huggingface_hub`` from the fake Hub: verified, cancellable, nothing half-done kept."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.hub import HubClient, HubError
+from models.hub_download import DownloadCancelled, Progress, pull
+from tests.fake_hub import FakeFile, FakeHub, FakeRepo
+
+DATA = bytes(range(256)) * 4096  # 1 MiB
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[tuple[FakeHub, str, Path]]:
+    fake = FakeHub()
+    fake.add(FakeRepo("org/Tiny-GGUF", [FakeFile("tiny-Q4_K_M.gguf", DATA), FakeFile("tiny-Q8_0.gguf", DATA * 2)]))
+    fake.add(
+        FakeRepo(
+            "org/Split-GGUF",
+            [FakeFile(f"split-Q4_0-0000{i}-of-00003.gguf", bytes([i]) * 300_000) for i in (1, 2, 3)],
+        )
+    )
+    fake.add(FakeRepo("org/Gated-GGUF", [FakeFile("g-Q4_0.gguf", DATA)], gated="manual"))
+    url = fake.start()
+    yield fake, url, tmp_path / "hf-cache"
+    fake.stop()
+
+
+def choice(url: str, repo: str, quant: str):
+    return next(c for c in HubClient(endpoint=url).files(repo) if c.quant == quant)
+
+
+def gguf_files(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+def test_pull_reports_progress_and_lands_in_the_hf_cache(hub) -> None:
+    fake, url, cache = hub
+    seen: list[Progress] = []
+    path = pull(
+        "org/Tiny-GGUF", choice(url, "org/Tiny-GGUF", "Q4_K_M"), endpoint=url, cache=cache, on_progress=seen.append
+    )
+    assert path.read_bytes() == DATA
+    assert "models--org--Tiny-GGUF" in str(path) and "snapshots" in str(path)  # the standard cache layout
+    assert seen and seen[-1].done == seen[-1].total == len(DATA) and seen[-1].fraction == 1.0
+    assert all(a.done <= b.done for a, b in zip(seen, seen[1:], strict=False))
+    # A second pull finds it cached: nothing is transferred again.
+    before = len([r for r in fake.requests if "/resolve/" in r and not r.startswith("HEAD")])
+    assert pull("org/Tiny-GGUF", choice(url, "org/Tiny-GGUF", "Q4_K_M"), endpoint=url, cache=cache) == path
+    assert len([r for r in fake.requests if "/resolve/" in r and not r.startswith("HEAD")]) == before
+
+
+def test_every_part_of_a_split_model(hub) -> None:
+    _, url, cache = hub
+    path = pull("org/Split-GGUF", choice(url, "org/Split-GGUF", "Q4_0"), endpoint=url, cache=cache)
+    assert path.name == "split-Q4_0-00001-of-00003.gguf"
+    assert sorted(p.name for p in path.parent.iterdir()) == [f"split-Q4_0-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+
+
+def test_corrupt_bytes_are_refused_and_removed(hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake, url, cache = hub
+    picked = choice(url, "org/Tiny-GGUF", "Q4_K_M")  # its SHA-256 comes from the LFS metadata
+    fake.repos["org/Tiny-GGUF"].files[0].data = DATA[:-1] + b"\x00"  # the server now sends other bytes
+    with pytest.raises(HubError, match="is corrupt"):
+        pull("org/Tiny-GGUF", picked, endpoint=url, cache=cache)
+    assert not any(p.suffix == ".gguf" or len(p.name) == 64 for p in gguf_files(cache))
+
+
+def test_a_dropped_connection_resumes_or_fails_clean(hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.utils._http as http
+
+    fake, url, cache = hub
+    monkeypatch.setattr(http.time, "sleep", lambda s: None)
+    original = FakeHub.write_body
+    drops = {"left": 1}
+
+    def flaky(self, req, f, start, end):  # noqa: ANN001
+        if drops["left"] > 0:
+            drops["left"] -= 1
+            req.wfile.write((f.data or b"")[start : start + 1000])
+            req.wfile.flush()
+            req.close_connection = True
+            req.connection.shutdown(2)  # the connection drops midway
+            return
+        original(self, req, f, start, end)
+
+    monkeypatch.setattr(FakeHub, "write_body", flaky)
+    path = pull("org/Tiny-GGUF", choice(url, "org/Tiny-GGUF", "Q4_K_M"), endpoint=url, cache=cache)
+    assert path.read_bytes() == DATA  # resumed within the call (a Range request) and verified
+
+    drops["left"] = 100  # now it never gets through
+    with pytest.raises(HubError):
+        pull("org/Tiny-GGUF", choice(url, "org/Tiny-GGUF", "Q8_0"), endpoint=url, cache=cache)
+    assert [p.name for p in (cache / "models--org--Tiny-GGUF" / "snapshots").rglob("*.gguf")] == ["tiny-Q4_K_M.gguf"]
+
+
+def test_cancel_keeps_nothing(hub) -> None:
+    fake, url, cache = hub
+    cancel = threading.Event()
+
+    def stop_soon(p: Progress) -> None:
+        if "00002-of" in p.part:  # the first part is complete, the second under way
+            cancel.set()
+
+    with pytest.raises(DownloadCancelled):
+        pull(
+            "org/Split-GGUF",
+            choice(url, "org/Split-GGUF", "Q4_0"),
+            endpoint=url,
+            cache=cache,
+            on_progress=stop_soon,
+            cancel=cancel,
+        )
+    assert not list(cache.rglob("*.gguf"))  # the part that had completed was removed too
+
+
+def test_not_enough_disk_and_gated(hub) -> None:
+    _, url, cache = hub
+    with pytest.raises(HubError, match="needs 1.1 MB of disk space .* has 0.0 MB free"):
+        pull(
+            "org/Tiny-GGUF", choice(url, "org/Tiny-GGUF", "Q4_K_M"), endpoint=url, cache=cache, free_space=lambda p: 10
+        )
+    gated = HubClient(endpoint=url, token="hf_good_token").files("org/Gated-GGUF")[0]
+    with pytest.raises(HubError, match="is gated"):
+        pull("org/Gated-GGUF", gated, endpoint=url, cache=cache)
+    assert pull("org/Gated-GGUF", gated, endpoint=url, token="hf_good_token", cache=cache).read_bytes() == DATA
+
+
+@pytest.mark.slow
+def test_search_pick_download_load_and_chat(smollm2_path: Path, tmp_path: Path) -> None:
+    from models.fit import Hardware, estimate, fit, recommend
+    from sinkchat.chat import Chat
+
+    fake = FakeHub()
+    fake.add(
+        FakeRepo(
+            "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
+            [FakeFile("SmolLM2-135M-Instruct.Q4_1.gguf", source=smollm2_path), FakeFile("README.md", b"card")],
+            downloads=1000,
+        )
+    )
+    url = fake.start()
+    try:
+        client = HubClient(endpoint=url)
+        (found,) = client.search("smollm2")
+        choices = [c for c in client.files(found.repo_id) if c.kind == "model"]
+        fits = [fit(estimate(c.size, 2048, quant=c.quant).total, Hardware(ram_available=8 * 10**9)) for c in choices]
+        picked = choices[recommend([c.quant for c in choices], [c.size for c in choices], fits)]
+        path = pull(found.repo_id, picked, endpoint=url, cache=tmp_path / "hf")
+        with Chat.load(path, n_ctx=512, sampling={"temperature": 0}) as chat:
+            reply = "".join(chat.send("What is the capital of France?", max_tokens=24))
+        assert "Paris" in reply
+    finally:
+        fake.stop()
