@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from models.errors import ModelFileError
 from models.hub import HubClient, HubError
 from models.hub_download import DownloadCancelled, Progress, pull
 from tests.fake_hub import FakeFile, FakeHub, FakeRepo
@@ -157,3 +158,34 @@ def test_search_pick_download_load_and_chat(smollm2_path: Path, tmp_path: Path) 
         assert "Paris" in reply
     finally:
         fake.stop()
+
+
+def test_the_local_library_lists_and_deletes_hub_downloads(hub, smollm2_path: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from models.local_models import delete_model, scan_local_models
+
+    fake, url, cache = hub
+    fake.add(FakeRepo("org/Smol-GGUF", [FakeFile("SmolLM2-135M-Instruct.Q4_1.gguf", source=smollm2_path)]))
+    pull("org/Smol-GGUF", choice(url, "org/Smol-GGUF", "Q4_1"), endpoint=url, cache=cache)
+    pull("org/Split-GGUF", choice(url, "org/Split-GGUF", "Q4_0"), endpoint=url, cache=cache)
+    folder = tmp_path / "my-models"
+    folder.mkdir()
+    shutil.copy(smollm2_path, folder / "copy.gguf")
+    (folder / "mmproj-x.gguf").write_bytes(b"GGUF")
+
+    library = scan_local_models(embedded=smollm2_path, folders=[folder], hub_cache=cache)
+    by_source = {(m.source, m.repo_id, m.name) for m in library}
+    assert ("embedded", None, smollm2_path.stem) in by_source
+    assert ("models folder", None, "copy") in by_source
+    assert ("hub cache", "org/Smol-GGUF", smollm2_path.stem) in by_source
+    split = next(m for m in library if m.repo_id == "org/Split-GGUF")
+    assert split.size_bytes == 900_000 and not split.usable  # three parts; not a real GGUF, so its problem is named
+    smol = next(m for m in library if m.repo_id == "org/Smol-GGUF")
+    assert smol.usable and smol.has_chat_template and smol.shift == "yes" and smol.quantization == "Q4_1"
+
+    removed = delete_model(split)
+    assert len(removed) == 6  # three snapshot links and three blobs
+    assert not any(m.repo_id == "org/Split-GGUF" for m in scan_local_models(hub_cache=cache))
+    with pytest.raises(ModelFileError, match="pip uninstall"):
+        delete_model(next(m for m in library if m.source == "embedded"))
