@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp = ssub.add_parser("import", help="add a session from a JSON export")
     imp.add_argument("file", type=Path)
 
+    from sinkchat import models_cli
+
+    models_cli.add_parser(sub)
+
     config = sub.add_parser("config", help="the settings file", description="Show or create the settings file.")
     config.add_argument(
         "action",
@@ -324,6 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "models":
+            from sinkchat import models_cli
+
+            return models_cli.run(args)
         return _sessions(args) if args.command == "sessions" else _config(args)
     except KeyboardInterrupt:
         return 130

@@ -189,3 +189,49 @@ def test_the_local_library_lists_and_deletes_hub_downloads(hub, smollm2_path: Pa
     assert not any(m.repo_id == "org/Split-GGUF" for m in scan_local_models(hub_cache=cache))
     with pytest.raises(ModelFileError, match="pip uninstall"):
         delete_model(next(m for m in library if m.source == "embedded"))
+
+
+def test_the_models_command(hub, smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import subprocess
+    import sys
+
+    fake, url, cache = hub
+    fake.add(FakeRepo("org/Smol-GGUF", [FakeFile("SmolLM2-135M-Instruct.Q4_1.gguf", source=smollm2_path)]))
+    env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_CACHE": str(cache), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_TOKEN", None)
+
+    def sinkchat(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sinkchat", "models", *args],
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+            timeout=120,
+        )
+
+    found = sinkchat("search", "gguf")
+    assert found.returncode == 0, found.stderr
+    assert "org/Tiny-GGUF" in found.stdout and "org/Gated-GGUF" in found.stdout and "gated" in found.stdout
+    files = sinkchat("files", "org/Tiny-GGUF")
+    assert files.returncode == 0, files.stderr
+    assert "★ Q4_K_M" in files.stdout and "fits" in files.stdout  # the preselected quant
+    pulled = sinkchat("pull", "org/Smol-GGUF:q4_1")
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout.strip().endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and "100%" in pulled.stderr
+    listed = sinkchat("list")
+    assert "org/Smol-GGUF" in listed.stdout and "shift yes" in listed.stdout
+    removed = sinkchat("rm", "SmolLM2-135M-Instruct.Q4_1", "--yes")
+    assert removed.returncode == 2 and "names 2 models" in removed.stderr  # the embedded one has that name too
+    path = pulled.stdout.strip()
+    assert sinkchat("rm", path, "--yes").returncode == 0
+    assert "org/Smol-GGUF" not in sinkchat("list").stdout
+
+    for args, extra, message in [
+        (("pull", "org/Tiny-GGUF:Q3_K_S"), {}, "has no Q3_K_S file; it has Q4_K_M, Q8_0"),
+        (("files", "org/Gated-GGUF"), {}, "is gated"),
+        (("files", "nobody/nothing"), {}, "was not found on the Hub"),
+        (("search", "llama"), {"HF_HUB_OFFLINE": "1"}, "offline mode is on"),
+    ]:
+        failed = sinkchat(*args, **extra)
+        assert failed.returncode == 2 and message in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
