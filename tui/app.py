@@ -78,7 +78,9 @@ class SinkchatApp(App[None]):
             given.append((self.given_model, "command line"))
         if self.settings.model.default is not None:
             given.append((self.settings.model.default, "settings"))
-        return scan_local_models(embedded=default_model_path(), given=given, folders=[self.settings.models_dir()])
+        return scan_local_models(
+            embedded=default_model_path(), given=given, folders=[self.settings.models_dir()], hub_cache=True
+        )
 
     def model_failed(self, reason: str) -> None:
         """A model did not load: say why, and offer the ways to get another."""
