@@ -250,3 +250,19 @@ def test_a_chat_without_messages_leaves_no_session(smollm2_path: Path, library) 
     session.reset()
     session.close()
     assert [s.id for s in library.store.list()] == [kept]
+
+
+def test_switching_models_on_an_empty_chat_starts_a_new_session(smollm2_path: Path, library) -> None:
+    from tui.backend import LibrarySessions
+
+    sessions = LibrarySessions(library)
+    first = sessions.open(load(smollm2_path), None)
+    empty = first.id
+    first.close()  # the UI closes the old model's session before the new model opens it
+    second = sessions.open(load(smollm2_path), empty)  # found live under tmux: "no session …"
+    assert second.id != empty and second.messages == []
+    talk(second, ["Hi"], 4)
+    second.close()
+    third = sessions.open(load(smollm2_path), second.id)
+    assert third.id == second.id and len(third.messages) == 2
+    third.close()

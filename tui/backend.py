@@ -101,6 +101,8 @@ class LibrarySessions:
 
         plan, given = self.plan, self.given
         self.plan, self.given = None, frozenset()
+        if session_id is not None and not self.library.store.exists(session_id):
+            session_id = None  # an empty chat is forgotten when closed: continue in a new one
         if plan is None or session_id is not None:
             plan = OpenPlan(Path(), {}, session_id)
             given = frozenset()
