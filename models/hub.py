@@ -44,10 +44,26 @@ class HubClient:
         from huggingface_hub import HfApi
 
         self.api = HfApi(endpoint=endpoint, token=token)
+        self._reachable = False
+
+    def _probe(self) -> None:
+        """One quick request before the first search: an unreachable Hub is said at once.
+
+        ``huggingface_hub`` retries a failed connection with backoff for about 23 s; a
+        person at the search box should not wait for that to learn they are offline.
+        """
+        from huggingface_hub import constants
+        from huggingface_hub.utils import get_session
+
+        if self._reachable or constants.HF_HUB_OFFLINE:
+            return  # offline mode is reported by the library itself
+        get_session().get(f"{self.api.endpoint}/api/models", params={"limit": 1}, timeout=5)
+        self._reachable = True
 
     def search(self, query: str = "", *, sort: Sort = "downloads", limit: int = 30, offset: int = 0) -> list[HubModel]:
         """GGUF repositories matching ``query``, ``limit`` at a time (``offset`` pages on)."""
         with _errors("search the Hub"):
+            self._probe()
             found = self.api.list_models(
                 filter="gguf",
                 search=query or None,

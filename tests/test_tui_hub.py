@@ -157,3 +157,27 @@ async def test_the_first_run_screen_offers_the_hub(hub, monkeypatch) -> None:
         await wait_until(pilot, lambda: isinstance(pilot.app.screen, NoModelScreen))
         screen = await open_hub(pilot)
         assert rows(screen, "#hub-results")
+
+
+async def test_offline_it_says_so_and_offers_the_local_library(hub) -> None:
+    from models.local_models import LocalModel
+
+    fake, url, cache = hub
+    fake.stop()  # the Hub cannot be reached
+    factory = FakeFactory()
+    app = make_app(url, cache, factory)
+    local = Path("/models/already-here-Q4_K_M.gguf")
+    app._local_models = [LocalModel(path=local, source="hub cache", size_bytes=123_000_000, quantization="Q4_K_M")]
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.chat is not None)
+        await pilot.press("ctrl+g")
+        await wait_until(pilot, lambda: isinstance(app.screen, HubScreen))
+        screen = app.screen
+        status = screen.query_one("#hub-status", Static)
+        await wait_until(pilot, lambda: "models on this machine" in str(status.content), 10)
+        assert "cannot be reached" in str(status.content)
+        assert rows(screen, "#hub-files") == [["", "Q4_K_M", "123.0 MB", "", "local", "already-here-Q4_K_M"]]
+        screen.query_one("#hub-files", DataTable).focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: local in factory.loaded, 10)
+    fake.start()  # the fixture stops it again

@@ -26,6 +26,7 @@ from models.fit import Fit, Hardware, estimate, fit, recommend
 from models.hub import HubClient, HubModel
 from models.hub_download import Progress
 from models.hub_files import GGUFChoice
+from models.local_models import LocalModel
 from sinkchat.safe_text import inert_line
 from tui import keys
 
@@ -72,6 +73,11 @@ class HubScreen(ModalScreen[Path | None]):
             super().__init__()
             self.repo, self.choice, self.path, self.error = repo, choice, path, error
 
+    class Local(Message):
+        def __init__(self, models: list[LocalModel]) -> None:
+            super().__init__()
+            self.models = models
+
     class Moved(Message):
         def __init__(self, progress: Progress) -> None:
             super().__init__()
@@ -85,6 +91,8 @@ class HubScreen(ModalScreen[Path | None]):
         self.repo: str | None = None
         self.downloading: tuple[str, GGUFChoice] | None = None
         self.downloaded: dict[tuple[str, str], Path] = {}
+        self.local: list[LocalModel] | None = None
+        """Shown instead of the Hub's files when the Hub cannot be reached."""
         self.cancel = threading.Event()
         self._timer: Timer | None = None
 
@@ -143,6 +151,8 @@ class HubScreen(ModalScreen[Path | None]):
         table.loading = False
         if message.error:
             self.status(message.error)
+            if "offline" in message.error or "cannot be reached" in message.error:
+                self.local_worker()
         elif not message.results:
             self.status(f"No GGUF models match {message.query!r}.")
         else:
@@ -160,8 +170,28 @@ class HubScreen(ModalScreen[Path | None]):
     @on(DataTable.RowSelected, "#hub-results")
     def open_repo(self, event: DataTable.RowSelected) -> None:
         if 0 <= event.cursor_row < len(self.results):
+            self.local = None
             self.repo = self.results[event.cursor_row].repo_id
             self.files_worker(self.repo)
+
+    # -- offline: the local library ------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="hub-files")
+    def local_worker(self) -> None:
+        scan = getattr(self.app, "scan_models", None)
+        self.post_message(self.Local(scan() if scan is not None else []))
+
+    def on_hub_screen_local(self, message: Local) -> None:
+        self.local, self.rows, self.repo = [m for m in message.models if m.usable], [], None
+        table = self.query_one("#hub-files", DataTable)
+        table.clear()
+        for m in self.local:
+            table.add_row(
+                Text(""), Text(inert_line(m.quantization or "?")), Text(human(m.size_bytes), justify="right"),
+                Text(""), Text("local"), Text(inert_line(m.name)),
+            )  # fmt: skip
+        status = self.query_one("#hub-status", Static)
+        status.update(Text(f"{status.content} · {len(self.local)} models on this machine below: Enter chats"))
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -213,6 +243,10 @@ class HubScreen(ModalScreen[Path | None]):
 
     @on(DataTable.RowSelected, "#hub-files")
     def pick_file(self, event: DataTable.RowSelected) -> None:
+        if self.local is not None and self.repo is None:
+            if 0 <= event.cursor_row < len(self.local):
+                self.dismiss(self.local[event.cursor_row].path)
+            return
         if not (0 <= event.cursor_row < len(self.rows)) or self.repo is None:
             return
         choice = self.rows[event.cursor_row].choice
