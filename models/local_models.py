@@ -29,6 +29,7 @@ class LocalModel(BaseModel):
     size_bytes: int = 0
     architecture: str | None = None
     context_length: int | None = None
+    parameters: int | None = None
     quantization: str | None = None
     has_chat_template: bool | None = None
     shift: str | None = None
@@ -69,6 +70,7 @@ def describe(path: Path, source: Source, repo_id: str | None = None) -> LocalMod
         size_bytes=_total_size(path) or info.file_size,
         architecture=info.architecture,
         context_length=info.context_length,
+        parameters=info.n_params or None,
         quantization=_quantization(info.metadata.get("general.file_type")),
         has_chat_template=info.chat_template is not None,
         shift=shift_support(info.metadata, info.architecture),

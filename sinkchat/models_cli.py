@@ -153,7 +153,8 @@ def _list(out: TextIO, err: TextIO) -> int:
         err.write("no models on this machine yet; find one with: sinkchat models search QUERY\n")
     for m in models:
         where = m.repo_id or m.source
-        state = m.problem or f"{m.quantization or '?'} · {m.architecture or '?'} · shift {m.shift}"
+        params = f"{m.parameters / 1e9:.2g}B · " if m.parameters else ""
+        state = m.problem or f"{params}{m.quantization or '?'} · {m.architecture or '?'} · shift {m.shift}"
         out.write(f"{inert_line(m.name):<44} {_size(m.size_bytes):>9}  {inert_line(where):<36} {inert_line(state)}\n")
     return 0
 

@@ -183,6 +183,7 @@ def test_the_local_library_lists_and_deletes_hub_downloads(hub, smollm2_path: Pa
     assert split.size_bytes == 900_000 and not split.usable  # three parts; not a real GGUF, so its problem is named
     smol = next(m for m in library if m.repo_id == "org/Smol-GGUF")
     assert smol.usable and smol.has_chat_template and smol.shift == "yes" and smol.quantization == "Q4_1"
+    assert 130e6 < (smol.parameters or 0) < 140e6 and smol.context_length == 8192
 
     removed = delete_model(split)
     assert len(removed) == 6  # three snapshot links and three blobs
