@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from models.hub import HubError, _errors
 from models.hub_files import GGUFChoice, HubFile
+from models.units import human_bytes as _gb
 
 SPACE_MARGIN = 1.05
 """Free space wanted beyond the download itself."""
@@ -140,10 +141,6 @@ def _remove_cached(path: Path) -> None:
 
 def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 class _Meter:

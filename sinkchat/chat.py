@@ -38,7 +38,7 @@ from sinkchat.policy import SinkPolicy
 from sinkchat.snapshot import CacheState, SegmentState
 from sinkchat.stats import ChatStats, process_rss
 from sinkchat.text_stream import StopMatcher, Utf8Joiner
-from sinkchat.turns import Message, TurnRenderer
+from sinkchat.turns import Message, TurnRenderer, alternates
 
 log = logging.getLogger(__name__)
 
@@ -369,8 +369,7 @@ class Chat:
 
     @staticmethod
     def _check_pairs(messages: Sequence[Message]) -> None:
-        roles = [m["role"] for m in messages]
-        if len(roles) % 2 or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(roles)):
+        if not alternates([m["role"] for m in messages]):
             raise SinkchatError("saved messages must alternate user, assistant, starting with a user message")
 
     def generate(self, prompt: str, *, max_tokens: int | None = None, stop_at_eos: bool = True) -> Iterator[str]:

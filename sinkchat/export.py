@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from sinkchat.errors import SinkchatError
 from sinkchat.store import SessionInfo, SessionSettings, StoredMessage
+from sinkchat.turns import alternates
 
 FORMAT = "sinkchat.session"
 
@@ -72,8 +73,7 @@ def from_json(text: str | bytes) -> ExportedSession:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "file"
         raise ExportError(f"not a sinkchat session export ({where}: {first['msg']})") from None
-    roles = [m.role for m in doc.messages]
-    if len(roles) % 2 or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(roles)):
+    if not alternates([m.role for m in doc.messages]):
         raise ExportError("the exported messages must alternate user, assistant, starting with a user message")
     return doc
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from models.units import human_bytes as _size
 from sinkchat.errors import SinkchatError
 from sinkchat.safe_text import inert_line
 
@@ -180,13 +181,6 @@ def _rm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     removed = delete_model(model)
     out.write(f"deleted {model.name} ({len(removed)} files)\n")
     return 0
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
 
 
 def _duration(seconds: float) -> str:

@@ -120,3 +120,8 @@ class TurnRenderer:
         old = self._render(base, False)
         new = self._render([*base, *added], False)
         return new[len(old) :] if new.startswith(old) else new
+
+
+def alternates(roles: list[str]) -> bool:
+    """True for user, assistant, user, assistant ... (whole exchanges, as saved sessions hold them)."""
+    return len(roles) % 2 == 0 and all(r == ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(roles))

@@ -33,7 +33,7 @@ def make_app(factory: FakeFactory | None = None, settings: Settings | None = Non
     return SinkchatApp(settings or Settings(), model_path=MODEL, chat_factory=factory or FakeFactory(), **kwargs)
 
 
-async def wait_until(pilot: Pilot, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+async def wait_until(pilot: Pilot, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

@@ -27,6 +27,7 @@ from models.hub import HubClient, HubModel
 from models.hub_download import Progress
 from models.hub_files import GGUFChoice
 from models.local_models import LocalModel
+from models.units import human_bytes as human
 from sinkchat.safe_text import inert_line
 from tui import keys
 
@@ -35,13 +36,6 @@ Puller = Callable[..., Path]
 
 SEARCH_DELAY = 0.4
 FIT_STYLE = {"fits": "green", "tight": "yellow", "too big": "red"}
-
-
-def human(n: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 @dataclass

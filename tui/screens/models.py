@@ -14,17 +14,10 @@ from textual.widgets import DataTable, Static
 
 from models.default_model import INSTALL_HINT
 from models.local_models import LocalModel
+from models.units import human_bytes as human_size
 from tui import keys
 
 Scanner = Callable[[], list[LocalModel]]
-
-
-def human_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 class ModelPickerScreen(ModalScreen[Path | None]):
