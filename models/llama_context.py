@@ -101,6 +101,15 @@ class LlamaContext(NativeHandle):
             raise DecodeError(f"no logits at output {index}")
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
+    def all_logits(self, n: int) -> np.ndarray:
+        """A copy of the logits of the last batch's ``n`` outputs, one row per token (decoded with "all")."""
+        import numpy as np
+
+        ptr = self._lib.llama_get_logits(self.ptr)
+        if not ptr:
+            raise DecodeError("no logits from the last batch")
+        return np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab)).copy()
+
     # -- the KV-cache memory API -------------------------------------------------------
 
     @property

@@ -22,3 +22,9 @@ class NativeHandle:
     def __del__(self) -> None:  # best effort, also at interpreter exit
         with suppress(Exception):
             self.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -165,7 +165,7 @@ class Chat:
             at = self._turns.content_at(opening, system_prompt, self._turns.opening) if system_prompt else None
             tokens = self._tokenize(opening, first=True, content=system_prompt, at=at)
             starts_with_bos = tokens[0] == self.model.bos if tokens else self.model.add_bos
-            pin_target = self.sinks.sink_tokens + (1 if starts_with_bos else 0)
+            pin_target = self.sinks.sink_tokens + (1 if starts_with_bos and self.sinks.pin_bos else 0)
             # The template's own default system prompt (if it injects one) is pinned like a given one.
             pin = self.sinks.keep_system_prompt and bool(opening)
             pinned = max(len(tokens) if pin else 0, pin_target)
@@ -178,7 +178,7 @@ class Chat:
                     + (" or do not keep the system prompt pinned" if pin else "")
                 )
             self.context.clear()
-            policy = SinkPolicy(discard=self.sinks.discard)
+            policy = SinkPolicy(discard=self.sinks.discard, aligned=self.sinks.aligned)
             self.engine = SinkEngine(self.context, policy, capacity=self.n_ctx, pin_target=pin_target)
             self._group = 0
             self._first_group: int | None = None

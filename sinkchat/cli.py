@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     models_cli.add_parser(sub)
 
+    from sinkchat import bench_cli
+
+    bench_cli.add_parser(sub)
+
     config = sub.add_parser("config", help="the settings file", description="Show or create the settings file.")
     config.add_argument(
         "action",
@@ -332,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sinkchat import models_cli
 
             return models_cli.run(args)
+        if args.command == "bench":
+            from sinkchat import bench_cli
+
+            return bench_cli.run(args)
         return _sessions(args) if args.command == "sessions" else _config(args)
     except KeyboardInterrupt:
         return 130

@@ -18,3 +18,8 @@ class SinkSettings(BaseModel):
     discard: int | None = Field(
         None, ge=1, description="tokens a shift aims to free (default: a quarter of the window)"
     )
+    aligned: bool = Field(
+        True,
+        description="evict whole oldest exchanges; false cuts at any token, as llama.cpp does (for comparison)",
+    )
+    pin_bos: bool = Field(True, description="keep BOS as a sink; false with 0 sinks is plain window attention")

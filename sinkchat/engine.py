@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 from sinkchat.layout import CacheLayout, Eviction, Role
 from sinkchat.policy import SinkPolicy
@@ -65,13 +65,15 @@ class SinkEngine:
         group: int,
         *,
         pin: bool = False,
-        logits: bool = True,
+        logits: bool | Literal["all"] = True,
         cancel: threading.Event | None = None,
     ) -> bool:
         """Evaluate ``tokens`` at the end of the cache, evicting as needed.
 
-        With ``logits`` the last token's logits are kept for sampling.  Returns False when
-        ``cancel`` was set between chunks (what was fed so far stays in the cache).
+        With ``logits`` the last token's logits are kept for sampling; with ``"all"`` every
+        token's are (for perplexity; pass at most :meth:`chunk_size` tokens, since only the
+        last decoded chunk's outputs stay readable).  Returns False when ``cancel`` was set
+        between chunks (what was fed so far stays in the cache).
         """
         if pin and len(tokens) > self.layout.free:
             raise ValueError(f"{len(tokens)} pinned tokens do not fit in {self.layout.free} free slots")
@@ -86,7 +88,8 @@ class SinkEngine:
             last = i + len(chunk) >= n
             at = len(self.tokens)
             try:
-                self.ctx.decode(chunk, at, "last" if logits and last else "none")
+                mode = "all" if logits == "all" else "last" if logits and last else "none"
+                self.ctx.decode(chunk, at, mode)
                 self.shift_pending = False
                 self.layout.append(role, group, len(chunk), pin=pin)
                 self.tokens.extend(chunk)

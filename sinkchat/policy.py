@@ -26,9 +26,14 @@ class SinkPolicy:
     many tokens, not one per token): old exchanges are dropped whole while they fit in it
     (and always as many as needed), and an over-long newest exchange is cut by that much.
     ``None`` means a quarter of the window.
+
+    ``aligned=False`` ignores message boundaries and cuts ``discard`` tokens (or as many
+    as required) right after the pins, as llama.cpp's own context shift does: only for
+    comparison in the benchmarks, since it leaves a half-message at the front.
     """
 
     discard: int | None = None
+    aligned: bool = True
 
     def __post_init__(self) -> None:
         if self.discard is not None and self.discard < 1:
@@ -54,6 +59,8 @@ class SinkPolicy:
         required = need - layout.free
         goal = max(required, self.discard_for(layout.window))
         start = layout.n_pinned
+        if not self.aligned:
+            return Eviction(start=start, end=start + min(goal, layout.n_cached - start), aligned=False)
         groups = layout.group_sizes()
         current = groups[-1][0] if group is None else group
 

@@ -1,0 +1,221 @@
+"""``sinkchat bench ppl``: log-perplexity and memory against input length, per cache policy.
+
+The attention-sinks perplexity experiment on a GGUF model: a long text streams through a
+cache of ``n_ctx`` tokens in chunks; every token's negative log-likelihood is taken from
+the logits of the token before it.  Chunks (not single tokens) keep it fast; every policy
+uses the same chunks, and ``recompute`` rebuilds the window for every chunk, so each chunk
+sees the same number of preceding tokens under every policy that evicts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.llama_context import LlamaContext
+from models.llama_model import LlamaModel
+from models.options import LoadOptions, default_threads
+from sinkchat.bench.report import Progress
+from sinkchat.bench.streams import STREAM_POLICIES, CacheFull, StreamPolicy, open_stream
+from sinkchat.stats import process_rss
+
+
+class PplConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policies: tuple[StreamPolicy, ...] = STREAM_POLICIES
+    n_ctx: int = Field(256, ge=16, description="the cache size of every evicting policy")
+    sinks: int = Field(4, ge=0)
+    sink_sweep: tuple[int, ...] = ()
+    """Sink counts to run the ``sinks`` policy with (StreamingLLM's table); empty: just ``sinks``."""
+    discard: int | None = Field(None, ge=1, description="tokens one shift frees (default: the chunk size)")
+    chunk: int | None = Field(None, ge=1, description="tokens evaluated per step (default: n_ctx / 8)")
+    max_tokens: int = Field(20_000, ge=2)
+    recompute_tokens: int | None = Field(None, ge=2, description="stop recompute earlier (it is the slow one)")
+    dense_ctx: int | None = Field(None, ge=16, description="dense cache size (default: the training context)")
+    threads: int = Field(default_factory=default_threads)
+
+    def chunk_size(self) -> int:
+        return self.chunk or max(1, self.n_ctx // 8)
+
+
+class Run(BaseModel):
+    """One policy's pass over the text."""
+
+    policy: str
+    label: str
+    sinks: int
+    n_ctx: int
+    positions: list[int]
+    """Tokens read so far at the end of each chunk."""
+    nll: list[float]
+    """Mean negative log-likelihood of each chunk's scored tokens."""
+    counts: list[int]
+    rss: list[int]
+    cached: list[int]
+    seconds: float
+    stopped: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.positions[-1] if self.positions else 0
+
+    def ppl(self, start: int = 0, end: int | None = None) -> float | None:
+        """Perplexity over the tokens scored in chunks ending within ``(start, end]``."""
+        total = n = 0.0
+        for pos, nll, count in zip(self.positions, self.nll, self.counts, strict=True):
+            if pos > start and (end is None or pos <= end):
+                total += nll * count
+                n += count
+        return float(np.exp(total / n)) if n else None
+
+
+def nll_of(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """Negative log-likelihood of ``targets[i]`` under the row ``logits[i]``."""
+    rows = logits.astype(np.float64)
+    top = rows.max(axis=1, keepdims=True)
+    log_z = np.log(np.exp(rows - top).sum(axis=1)) + top[:, 0]
+    return log_z - rows[np.arange(len(targets)), np.asarray(targets)]
+
+
+def run_policy(
+    model: LlamaModel,
+    tokens: Sequence[int],
+    policy: StreamPolicy,
+    config: PplConfig,
+    *,
+    sinks: int | None = None,
+    progress: bool = True,
+) -> Run:
+    """Stream ``tokens`` through one policy and record the NLL per chunk."""
+    sinks = config.sinks if sinks is None else sinks
+    chunk = config.chunk_size()
+    limit = len(tokens)
+    n_ctx = config.n_ctx
+    if policy == "dense":
+        n_ctx = config.dense_ctx or model.n_ctx_train or config.n_ctx
+        n_ctx = min(n_ctx, limit)
+    if policy == "recompute" and config.recompute_tokens:
+        limit = min(limit, config.recompute_tokens)
+    options = LoadOptions(n_ctx=n_ctx, n_threads=config.threads, n_batch=max(chunk, min(512, n_ctx)))
+    label = policy if policy != "sinks" or not config.sink_sweep else f"sinks={sinks}"
+    run = Run(
+        policy=policy,
+        label=label,
+        sinks=sinks if policy == "sinks" else 0,
+        n_ctx=n_ctx,
+        positions=[],
+        nll=[],
+        counts=[],
+        rss=[],
+        cached=[],
+        seconds=0.0,
+    )
+    with LlamaContext(model, options) as ctx:
+        stream = open_stream(policy, ctx, sinks=sinks, discard=config.discard or chunk)
+        step = min(chunk, stream.max_chunk())
+        previous: np.ndarray | None = None
+        started = time.perf_counter()
+        with Progress(limit, label, enabled=progress) as bar:
+            for at in range(0, limit, step):
+                piece = list(tokens[at : at + step])
+                try:
+                    stream.feed(piece, "all")
+                except CacheFull:
+                    run.stopped = f"cache full at {at:,} tokens (n_ctx {n_ctx:,})"
+                    break
+                logits = ctx.all_logits(len(piece))
+                rows = logits[:-1] if previous is None else np.vstack([previous, logits[:-1]])
+                targets = piece[1:] if previous is None else piece
+                previous = logits[-1:]
+                if len(targets):
+                    losses = nll_of(rows, targets)
+                    run.positions.append(at + len(piece))
+                    run.nll.append(float(losses.mean()))
+                    run.counts.append(len(targets))
+                    run.rss.append(process_rss())
+                    run.cached.append(stream.n_cached)
+                bar.update(len(piece), ppl=f"{np.exp(run.nll[-1]):.1f}" if run.nll else "-")
+        run.seconds = time.perf_counter() - started
+    return run
+
+
+def run_ppl(model: LlamaModel, tokens: Sequence[int], config: PplConfig, *, progress: bool = True) -> list[Run]:
+    """Every policy (and, with ``sink_sweep``, the sinks policy once per sink count) in one process."""
+    runs: list[Run] = []
+    for policy in config.policies:
+        if policy == "sinks" and config.sink_sweep:
+            for n in config.sink_sweep:
+                runs.append(run_policy(model, tokens, "sinks", config, sinks=n, progress=progress))
+        else:
+            runs.append(run_policy(model, tokens, policy, config, progress=progress))
+    return runs
+
+
+def summary(run: Run, n_ctx: int) -> dict[str, object]:
+    """One row per run: perplexity overall, after the cache first filled, and over the last tenth."""
+    last_tenth = run.tokens - run.tokens // 10
+    return {
+        "policy": run.label,
+        "sinks": run.sinks,
+        "n_ctx": run.n_ctx,
+        "tokens": run.tokens,
+        "ppl": run.ppl(),
+        "ppl_after_fill": run.ppl(start=n_ctx),
+        "ppl_last_tenth": run.ppl(start=last_tenth),
+        "rss_start_mib": run.rss[0] / 2**20 if run.rss else None,
+        "rss_end_mib": run.rss[-1] / 2**20 if run.rss else None,
+        "rss_growth_mib": (run.rss[-1] - run.rss[0]) / 2**20 if run.rss else None,
+        "tok_per_s": run.tokens / run.seconds if run.seconds else None,
+        "stopped": run.stopped or "",
+    }
+
+
+def series_rows(runs: Sequence[Run]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for run in runs:
+        for pos, nll, count, rss, cached in zip(run.positions, run.nll, run.counts, run.rss, run.cached, strict=True):
+            rows.append(
+                {
+                    "policy": run.label,
+                    "sinks": run.sinks,
+                    "tokens": pos,
+                    "nll": nll,
+                    "scored": count,
+                    "rss_mib": rss / 2**20,
+                    "cached": cached,
+                }
+            )
+    return rows
+
+
+def smooth(run: Run, window_tokens: int) -> tuple[list[int], list[float]]:
+    """Log-perplexity over the last ``window_tokens`` at each chunk end (what the plot shows)."""
+    xs, ys = [], []
+    pos = np.asarray(run.positions)
+    weighted = np.cumsum(np.asarray(run.nll) * np.asarray(run.counts))
+    counts = np.cumsum(run.counts)
+    for i, p in enumerate(pos):
+        j = int(np.searchsorted(pos, p - window_tokens, side="right")) - 1
+        total = weighted[i] - (weighted[j] if j >= 0 else 0.0)
+        n = counts[i] - (counts[j] if j >= 0 else 0)
+        if n:
+            xs.append(int(p))
+            ys.append(float(total / n))
+    return xs, ys
+
+
+def write_results(runs: Sequence[Run], out: Path, config: PplConfig) -> dict[str, Path]:
+    from sinkchat.bench import plots
+    from sinkchat.bench.report import write_csv
+
+    files = {
+        "series": write_csv(out / "ppl_series.csv", series_rows(runs)),
+        "summary": write_csv(out / "ppl_summary.csv", [summary(r, config.n_ctx) for r in runs]),
+    }
+    files.update(plots.ppl_plots(runs, out, config))
+    return files

@@ -1,0 +1,296 @@
+"""``sinkchat bench``: the attention-sink experiments as commands (see :mod:`sinkchat.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from sinkchat.bench.streams import STREAM_POLICIES
+
+CHAT_POLICIES = ("dense", "window", "sinks", "half-discard", "truncate")
+"""As in :mod:`sinkchat.bench.chat_bench` (not imported here: ``sinkchat --help`` stays fast)."""
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="compare cache policies: perplexity, endless generation, long chats, speed",
+        description="Reproduce the attention-sink experiments on a GGUF model. Writes CSV and PNG "
+        "(PNG needs the bench extra: pip install 'sinkchat[bench]') into --out.",
+    )
+    bsub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+
+    def common(p: argparse.ArgumentParser, out: str) -> None:
+        p.add_argument("-m", "--model", help="GGUF file (default: the embedded SmolLM2)")
+        p.add_argument("-o", "--out", type=Path, default=Path("sinkchat-bench") / out, help="results folder")
+        p.add_argument("-t", "--threads", type=_positive, help="CPU threads (default: physical cores)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    ppl = bsub.add_parser("ppl", help="log-perplexity and memory against input length over a long text")
+    common(ppl, "ppl")
+    ppl.add_argument("--text", default="shakespeare", help="text file, or 'shakespeare' (the bench extra's plays)")
+    ppl.add_argument("-n", "--tokens", type=_positive, default=20_000, help="tokens of text to read")
+    ppl.add_argument("-c", "--n-ctx", type=_positive, default=256, help="cache size of the evicting policies")
+    ppl.add_argument("--sinks", type=int, default=4, help="sink tokens of the sinks policy")
+    ppl.add_argument(
+        "--sink-sweep", type=int, nargs="+", metavar="N", help="run sinks with each count (e.g. 0 1 2 4 8)"
+    )
+    ppl.add_argument("--discard", type=_positive, help="tokens one shift frees (default: the chunk)")
+    ppl.add_argument("--chunk", type=_positive, help="tokens evaluated per step (default: n_ctx/8)")
+    ppl.add_argument("--policies", nargs="+", choices=STREAM_POLICIES, default=list(STREAM_POLICIES))
+    ppl.add_argument("--recompute-tokens", type=_positive, help="stop recompute (the slow one) earlier")
+    ppl.add_argument("--dense-ctx", type=_positive, help="dense cache size (default: the training context)")
+
+    endless = bsub.add_parser("endless", help="generate far beyond the cache; when is fluency lost?")
+    common(endless, "endless")
+    endless.add_argument("-n", "--tokens", type=_positive, default=10_000, help="tokens to generate per policy")
+    endless.add_argument("-c", "--n-ctx", type=_positive, default=256, help="cache size of the evicting policies")
+    endless.add_argument("--sinks", type=int, default=4)
+    endless.add_argument("--discard", type=_positive, help="tokens one shift frees (default: n_ctx/4)")
+    endless.add_argument("--policies", nargs="+", choices=STREAM_POLICIES, default=list(STREAM_POLICIES))
+    endless.add_argument("--dense-ctx", type=_positive, help="dense cache size (default: the training context)")
+    endless.add_argument("--prompt", help="text to continue (default: the opening of a story)")
+    endless.add_argument("--seed", type=int, default=7, help="sampling seed (the same for every policy)")
+
+    chat = bsub.add_parser("chat", help="one long conversation per policy; count failed replies")
+    common(chat, "chat")
+    chat.add_argument("-c", "--n-ctx", type=_positive, default=1024)
+    chat.add_argument("--sinks", type=int, default=4)
+    chat.add_argument("--max-tokens", type=_positive, default=160, help="reply limit per turn")
+    chat.add_argument("--conversations", type=_positive, help="use only the first N two-turn prompts (84 shipped)")
+    chat.add_argument("--prompts", type=Path, help="a JSON file shaped like the shipped prompts")
+    chat.add_argument("--policies", nargs="+", choices=CHAT_POLICIES, default=list(CHAT_POLICIES))
+    chat.add_argument("--dense-ctx", type=_positive, help="dense cache size (default: the training context)")
+
+    speed = bsub.add_parser("speed", help="decode speed vs create_completion; context shift vs re-prefill")
+    common(speed, "speed")
+    speed.add_argument("-c", "--n-ctx", type=_positive, nargs="+", default=[512, 1024, 2048, 4096])
+    speed.add_argument("-n", "--tokens", type=_positive, default=256, help="tokens per decode run")
+    speed.add_argument("--repeats", type=_positive, default=5)
+
+
+def run(args: argparse.Namespace) -> int:
+    handler = {"ppl": _ppl, "endless": _endless, "chat": _chat, "speed": _speed}[args.bench]
+    return handler(args)
+
+
+def _threads(args: argparse.Namespace) -> dict[str, Any]:
+    return {"threads": args.threads} if args.threads else {}
+
+
+def _model(args: argparse.Namespace):  # -> LlamaModel
+    from models.llama_model import LlamaModel
+    from sinkchat.chat import resolve_model_path
+
+    return LlamaModel(resolve_model_path(args.model))
+
+
+def _done(files: dict[str, Path | None], out: Path) -> None:
+    from sinkchat.bench import plots
+
+    if not plots.available():
+        print(plots.MISSING, file=sys.stderr)
+    written = ", ".join(p.name for p in files.values() if p is not None)
+    print(f"\nwritten to {out}: {written}")
+
+
+def _ppl(args: argparse.Namespace) -> int:
+    from sinkchat.bench.corpus import load_text
+    from sinkchat.bench.ppl import PplConfig, run_ppl, summary, write_results
+    from sinkchat.bench.report import output_dir, table, write_json
+
+    config = PplConfig(
+        policies=tuple(args.policies),
+        n_ctx=args.n_ctx,
+        sinks=args.sinks,
+        sink_sweep=tuple(args.sink_sweep or ()),
+        discard=args.discard,
+        chunk=args.chunk,
+        max_tokens=args.tokens,
+        recompute_tokens=args.recompute_tokens,
+        dense_ctx=args.dense_ctx,
+        **_threads(args),
+    )
+    out = output_dir(args.out)
+    text, source = load_text(args.text, min_chars=args.tokens * 6)
+    model = _model(args)
+    try:
+        tokens = model.tokenize(text, add_special=model.add_bos)[: args.tokens]
+        print(f"{model.name} · {source} · {len(tokens):,} tokens · cache {config.n_ctx} · {config.threads} threads")
+        runs = run_ppl(model, tokens, config, progress=not args.quiet)
+    finally:
+        model.close()
+    rows = [summary(r, config.n_ctx) for r in runs]
+    print()
+    print(
+        table(
+            rows,
+            [
+                ("policy", "policy"),
+                ("tokens", "tokens"),
+                ("ppl", "PPL"),
+                ("ppl_after_fill", "PPL after fill"),
+                ("ppl_last_tenth", "PPL last 10%"),
+                ("rss_start_mib", "RSS MiB"),
+                ("rss_growth_mib", "RSS growth"),
+                ("tok_per_s", "tok/s"),
+                ("stopped", ""),
+            ],
+        )
+    )
+    files: dict[str, Path | None] = dict(write_results(runs, out, config))
+    files["config"] = write_json(out / "ppl_config.json", {"model": model.name, "text": source, **config.model_dump()})
+    _done(files, out)
+    return 0
+
+
+def _endless(args: argparse.Namespace) -> int:
+    from sinkchat.bench.endless import EndlessConfig, run_endless, summary, write_results
+    from sinkchat.bench.report import output_dir, table, write_json
+
+    base = EndlessConfig()
+    config = EndlessConfig(
+        policies=tuple(args.policies),
+        tokens=args.tokens,
+        n_ctx=args.n_ctx,
+        sinks=args.sinks,
+        discard=args.discard,
+        dense_ctx=args.dense_ctx,
+        prompt=args.prompt or base.prompt,
+        sampling=base.sampling.model_copy(update={"seed": args.seed}),
+        **_threads(args),
+    )
+    out = output_dir(args.out)
+    model = _model(args)
+    try:
+        print(f"{model.name} · {config.tokens:,} tokens per policy · cache {config.n_ctx} · {config.threads} threads")
+        runs = run_endless(model, config, progress=not args.quiet)
+    finally:
+        model.close()
+    print()
+    print(
+        table(
+            [summary(r) for r in runs],
+            [
+                ("policy", "policy"),
+                ("tokens", "tokens"),
+                ("fluency_lost_at", "fluency lost at"),
+                ("median_ms", "median ms"),
+                ("p99_ms", "p99 ms"),
+                ("max_ms", "max ms"),
+                ("shifts", "shifts"),
+                ("rss_start_mib", "RSS MiB"),
+                ("rss_growth_mib", "RSS growth"),
+                ("stopped", ""),
+            ],
+        )
+    )
+    files = write_results(runs, out, config)
+    files["config"] = write_json(out / "endless_config.json", {"model": model.name, **config.model_dump()})
+    _done(files, out)
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from sinkchat.bench.chat_bench import ChatBenchConfig, load_prompts, run_chat, summary, write_results
+    from sinkchat.bench.report import output_dir, table, write_json
+    from sinkchat.errors import SinkchatError
+
+    config = ChatBenchConfig(
+        policies=tuple(args.policies),
+        n_ctx=args.n_ctx,
+        sinks=args.sinks,
+        max_tokens=args.max_tokens,
+        conversations=args.conversations,
+        dense_ctx=args.dense_ctx,
+        **_threads(args),
+    )
+    try:
+        prompts = load_prompts(args.prompts)[: config.conversations]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SinkchatError(f"cannot read the prompts {args.prompts}: {exc}") from None
+    out = output_dir(args.out)
+    model = _model(args)
+    try:
+        dense_ctx = config.dense_ctx or model.n_ctx_train or config.n_ctx
+        n_ctx = {p: dense_ctx if p == "dense" else config.n_ctx for p in config.policies}
+        print(f"{model.name} · {2 * len(prompts)} turns per policy · cache {config.n_ctx} · {config.threads} threads")
+        results = run_chat(model, config, prompts, progress=not args.quiet)
+    finally:
+        model.close()
+    print()
+    print(
+        table(
+            [summary(p, t, n_ctx[p]) for p, t in results.items()],
+            [
+                ("policy", "policy"),
+                ("n_ctx", "n_ctx"),
+                ("turns", "turns"),
+                ("failed", "failed"),
+                ("context_full", "context full"),
+                ("empty", "empty"),
+                ("median_s", "median s/turn"),
+                ("p90_s", "p90 s"),
+                ("max_cached", "max cached"),
+                ("rss_growth_mib", "RSS growth MiB"),
+            ],
+        )
+    )
+    files = write_results(results, out, config, n_ctx)
+    files["config"] = write_json(out / "chat_config.json", {"model": model.name, **config.model_dump()})
+    _done(files, out)
+    return 0
+
+
+def _speed(args: argparse.Namespace) -> int:
+    from sinkchat.bench.report import output_dir, table, write_json
+    from sinkchat.bench.speed import SpeedConfig, run_speed, write_results
+
+    config = SpeedConfig(n_ctx=tuple(args.n_ctx), decode_tokens=args.tokens, repeats=args.repeats, **_threads(args))
+    out = output_dir(args.out)
+    model = _model(args)
+    try:
+        print(f"{model.name} · {config.threads} threads · median of {config.repeats}")
+        decode, shifts = run_speed(model, config, progress=not args.quiet)
+    finally:
+        model.close()
+    print()
+    print(
+        table(
+            [decode],
+            [
+                ("n_ctx", "n_ctx"),
+                ("tokens", "tokens"),
+                ("sinkchat_tok_s", "sinkchat tok/s"),
+                ("create_completion_tok_s", "create_completion tok/s"),
+                ("ratio", "ratio"),
+            ],
+        )
+    )
+    print()
+    print(
+        table(
+            shifts,
+            [
+                ("n_ctx", "n_ctx"),
+                ("kept", "kept"),
+                ("step_ms", "step ms"),
+                ("shift_step_ms", "shift+step ms"),
+                ("reprefill_step_ms", "re-prefill+step ms"),
+                ("reprefill_over_shift", "re-prefill / shift"),
+            ],
+        )
+    )
+    files = write_results(decode, shifts, out)
+    files["config"] = write_json(out / "speed_config.json", {"model": model.name, **config.model_dump()})
+    _done(files, out)
+    return 0

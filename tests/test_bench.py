@@ -1,0 +1,328 @@
+"""The bench commands: fast checks of their pure parts, and slow end-to-end runs on SmolLM2.
+
+The slow runs use tiny sizes and check what the theory says, not only that files appear:
+a window without sinks reads the text far worse than sinks once the cache filled; sinks
+stay within a few percent of re-computing the window; memory stays flat.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sinkchat.bench import corpus, fluency
+from sinkchat.bench.chat_bench import load_prompts
+from sinkchat.bench.report import table, write_csv
+from sinkchat.bench.streams import CacheFull, open_stream
+from sinkchat.cli import main
+from sinkchat.layout import CacheLayout
+from sinkchat.policy import SinkPolicy
+from tests.fakes import FakeKV
+
+PROSE = (
+    "The lighthouse keeper climbed the ninety-two steps at dusk, trimmed the wick, and wound the clockwork "
+    "that turned the great lens. Outside, fog crept over the rocks; somewhere a bell buoy clanged. Quick "
+    "zephyrs blow, vexing daft Jim, while the job requires extra pluck and zeal from every young wage earner."
+)
+DICKENS = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
+    "it was the season of Darkness, it was the spring of hope, it was the winter of despair."
+)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert path.stat().st_size > 10_000, f"{path} looks empty"
+
+
+# -- fast: no model -----------------------------------------------------------------------
+
+
+def test_fluency_heuristic_tells_prose_from_loops() -> None:
+    assert fluency.first_loss(PROSE) is None
+    looped = PROSE + " the" * 100
+    loss = fluency.first_loss(looped)
+    assert loss is not None and len(PROSE) < loss <= len(looped)
+    assert fluency.distinct_profile("abcabc", window=3) == [3, 3, 3, 3]
+    assert not fluency.is_failure("Paris.")  # short answers are not judged for variety
+    assert not fluency.is_failure(PROSE)
+    assert fluency.is_failure("!" * 40)
+    assert fluency.is_failure(PROSE[:100] + "ha" * 200)
+    # The seeds' heuristic is naive: repetitive prose dips below 26 distinct characters...
+    assert fluency.first_loss(DICKENS) is not None
+    # ...while the loop check leaves it alone and catches long loops of many characters.
+    assert fluency.first_loop(DICKENS) is None and fluency.first_loop(PROSE) is None
+    varied_loop = PROSE[:80] + "The quick brown fox jumps over the lazy dog. " * 12
+    assert fluency.first_loss(varied_loop) is None and fluency.first_loop(varied_loop) is not None
+    assert fluency.is_failure(varied_loop)
+
+
+def test_unaligned_policy_cuts_across_messages() -> None:
+    layout = CacheLayout(capacity=100, pin_target=4)
+    layout.append("user", 1, 4 + 30)
+    layout.append("assistant", 1, 30)
+    layout.append("user", 2, 30)
+    aligned = SinkPolicy(discard=40).plan(layout, 10, group=3)
+    cut = SinkPolicy(discard=40, aligned=False).plan(layout, 10, group=3)
+    assert aligned is not None and cut is not None
+    assert (aligned.start, aligned.end, aligned.aligned) == (4, 64, True)  # the whole exchange 1
+    assert (cut.start, cut.end, cut.aligned) == (4, 44, False)  # 40 tokens, inside the reply
+    layout.apply(cut)
+    assert layout.segments[0].cut and layout.n_cached == 54
+
+
+def _fake_ctx(n_ctx: int, n_batch: int = 16) -> FakeKV:
+    kv = FakeKV(n_ctx, n_batch=n_batch)
+    kv.options = SimpleNamespace(n_ctx=n_ctx)  # type: ignore[attr-defined]
+    return kv
+
+
+@pytest.mark.parametrize("policy", ["window", "sinks"])
+def test_sliding_streams_keep_the_newest_tokens_and_the_sinks(policy: str) -> None:
+    kv = _fake_ctx(32)
+    stream = open_stream(policy, kv, sinks=4, discard=8)  # type: ignore[arg-type]
+    for at in range(0, 200, 4):
+        stream.feed(list(range(at, at + 4)), "all")
+    contents = kv.contents()
+    assert kv.positions() == list(range(len(contents)))  # contiguous after every shift
+    assert contents[-1] == 199 and stream.shifts > 0
+    assert (contents[:4] == [0, 1, 2, 3]) == (policy == "sinks")
+
+
+def test_recompute_stream_rebuilds_the_window_from_position_zero() -> None:
+    kv = _fake_ctx(32)
+    stream = open_stream("recompute", kv, discard=8, recompute_every_feed=True)  # type: ignore[arg-type]
+    for at in range(0, 100, 4):
+        stream.feed(list(range(at, at + 4)), "all")
+    assert kv.contents() == list(range(100 - 32, 100))  # exactly the last n_ctx tokens, no sinks
+    every_chunk = kv.decoded
+    kv2 = _fake_ctx(32)
+    lazy = open_stream("recompute", kv2, discard=8, recompute_every_feed=False)  # type: ignore[arg-type]
+    for at in range(0, 100, 4):
+        lazy.feed(list(range(at, at + 4)), "all")
+    assert kv2.contents()[-1] == 99 and len(kv2.contents()) <= 32
+    assert kv2.decoded < every_chunk / 2  # rebuilding only when full is cheaper
+
+
+def test_dense_stream_stops_when_full() -> None:
+    kv = _fake_ctx(16)
+    stream = open_stream("dense", kv)  # type: ignore[arg-type]
+    stream.feed(list(range(12)), "all")
+    with pytest.raises(CacheFull):
+        stream.feed(list(range(8)), "all")
+
+
+def test_shakespeare_text_is_plain() -> None:
+    text, source = corpus.load_text("shakespeare", min_chars=150_000)
+    assert "Shakespeare" in source and len(text) >= 150_000
+    assert text.startswith("Hamlet")
+    assert "**" not in text and "BERNARDO.\nWho's there?" in text
+
+
+def test_text_file_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "ppl", "--text", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "o"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the text file" in err and "Traceback" not in err
+    (tmp_path / "empty.txt").write_text("  \n")
+    assert main(["bench", "ppl", "--text", str(tmp_path / "empty.txt"), "-o", str(tmp_path / "o"), "-q"]) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_shipped_chat_prompts() -> None:
+    prompts = load_prompts()
+    assert len(prompts) >= 80
+    assert all(len(pair) == 2 and all(p.strip() for p in pair) for pair in prompts)
+    assert len({pair[0] for pair in prompts}) == len(prompts)
+
+
+def test_table_and_csv(tmp_path: Path) -> None:
+    rows = [{"policy": "sinks", "ppl": 27.123, "tokens": 120000, "stopped": None}]
+    text = table(rows, [("policy", "policy"), ("ppl", "PPL"), ("tokens", "tokens"), ("stopped", "")])
+    assert "27.12" in text and "120,000" in text and text.splitlines()[1].startswith("-")
+    path = write_csv(tmp_path / "x.csv", rows)
+    assert _rows(path) == [{"policy": "sinks", "ppl": "27.123", "tokens": "120000", "stopped": ""}]
+
+
+# -- slow: SmolLM2, end to end through the CLI ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_bench_ppl_end_to_end(smollm2_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ppl"
+    args = [
+        "bench",
+        "ppl",
+        "-m",
+        str(smollm2_path),
+        "-n",
+        "2400",
+        "-c",
+        "128",
+        "--chunk",
+        "16",
+        "--recompute-tokens",
+        "1200",
+        "--dense-ctx",
+        "512",
+        "-o",
+        str(out),
+        "-q",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "PPL after fill" in printed and "cache full at" in printed
+    summary = {r["policy"]: r for r in _rows(out / "ppl_summary.csv")}
+    assert set(summary) == {"dense", "window", "sinks", "recompute"}
+    assert int(summary["sinks"]["tokens"]) == int(summary["window"]["tokens"]) == 2400
+    assert int(summary["dense"]["tokens"]) == 512 and summary["dense"]["stopped"]
+    assert int(summary["recompute"]["tokens"]) == 1200
+
+    from sinkchat.bench.ppl import Run
+
+    series = _rows(out / "ppl_series.csv")
+    runs = {}
+    for name in ("window", "sinks", "recompute"):
+        rows = [r for r in series if r["policy"] == name]
+        runs[name] = Run(
+            policy=name,
+            label=name,
+            sinks=0,
+            n_ctx=128,
+            seconds=1.0,
+            positions=[int(r["tokens"]) for r in rows],
+            nll=[float(r["nll"]) for r in rows],
+            counts=[int(r["scored"]) for r in rows],
+            rss=[int(float(r["rss_mib"]) * 2**20) for r in rows],
+            cached=[int(r["cached"]) for r in rows],
+        )
+    # Once the cache has filled, a window without sinks collapses; sinks track recompute.
+    window, sinks, recompute = (runs[n].ppl(start=128, end=1200) for n in ("window", "sinks", "recompute"))
+    assert window and sinks and recompute
+    assert window > 2 * sinks, (window, sinks)
+    assert abs(sinks - recompute) / recompute < 0.05, (sinks, recompute)
+    assert max(runs["sinks"].cached) <= 128
+    # Flat memory: the second half of the sinks run does not grow.
+    rss = runs["sinks"].rss
+    assert rss[-1] - rss[len(rss) // 2] < 4 * 2**20
+    _png(out / "ppl.png")
+    config = json.loads((out / "ppl_config.json").read_text())
+    assert config["n_ctx"] == 128 and config["model"]
+
+
+@pytest.mark.slow
+def test_bench_ppl_sink_sweep(smollm2_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    args = [
+        "bench",
+        "ppl",
+        "-m",
+        str(smollm2_path),
+        "-n",
+        "900",
+        "-c",
+        "96",
+        "--chunk",
+        "16",
+        "--policies",
+        "sinks",
+        "--sink-sweep",
+        "0",
+        "4",
+        "-o",
+        str(out),
+        "-q",
+    ]
+    assert main(args) == 0
+    summary = {r["policy"]: r for r in _rows(out / "ppl_summary.csv")}
+    assert set(summary) == {"sinks=0", "sinks=4"}
+    assert float(summary["sinks=0"]["ppl_after_fill"]) > 1.5 * float(summary["sinks=4"]["ppl_after_fill"])
+    _png(out / "ppl_sinks.png")
+
+
+@pytest.mark.slow
+def test_bench_endless_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "endless"
+    args = [
+        "bench",
+        "endless",
+        "-m",
+        str(smollm2_path),
+        "-n",
+        "240",
+        "-c",
+        "64",
+        "--dense-ctx",
+        "128",
+        "-o",
+        str(out),
+        "-q",
+    ]
+    assert main(args) == 0
+    summary = {r["policy"]: r for r in _rows(out / "endless_summary.csv")}
+    assert set(summary) == {"dense", "window", "sinks", "recompute"}
+    assert "cache full" in summary["dense"]["stopped"] and int(summary["dense"]["tokens"]) < 128
+    for name in ("window", "sinks", "recompute"):
+        row = summary[name]
+        assert int(row["tokens"]) == 240 and int(row["shifts"]) > 0 and not row["stopped"]
+        assert float(row["median_ms"]) <= float(row["p99_ms"]) <= float(row["max_ms"])
+        text = (out / f"endless_{name}.txt").read_text()
+        assert text.startswith("Chapter One") and len(text) > 400
+    series = [r for r in _rows(out / "endless_series.csv") if r["policy"] == "sinks"]
+    assert len(series) == 240 // 32 and all(int(r["cached"]) <= 64 for r in series)
+    _png(out / "endless.png")
+
+
+@pytest.mark.slow
+def test_bench_chat_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "chat"
+    args = [
+        "bench",
+        "chat",
+        "-m",
+        str(smollm2_path),
+        "-c",
+        "160",
+        "--max-tokens",
+        "40",
+        "--conversations",
+        "3",
+        "--dense-ctx",
+        "200",
+        "-o",
+        str(out),
+        "-q",
+    ]
+    assert main(args) == 0
+    summary = {r["policy"]: r for r in _rows(out / "chat_summary.csv")}
+    assert set(summary) == {"dense", "window", "sinks", "half-discard", "truncate"}
+    assert all(int(r["turns"]) == 6 for r in summary.values())
+    assert int(summary["dense"]["context_full"]) > 0  # the dense history outgrew its cache
+    for name in ("window", "sinks", "half-discard", "truncate"):
+        assert int(summary[name]["context_full"]) == 0 and int(summary[name]["max_cached"]) <= 160
+    turns = [r for r in _rows(out / "chat_turns.csv") if r["policy"] == "sinks"]
+    assert [int(r["turn"]) for r in turns] == list(range(1, 7))
+    assert all(r["reply"].strip() and r["outcome"] in ("ok", "failed") for r in turns)
+    _png(out / "chat.png")
+
+
+@pytest.mark.slow
+def test_bench_speed_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "speed"
+    args = ["bench", "speed", "-m", str(smollm2_path), "-c", "256", "-n", "16", "--repeats", "1", "-o", str(out), "-q"]
+    assert main(args) == 0
+    decode = _rows(out / "speed_decode.csv")[0]
+    assert float(decode["sinkchat_tok_s"]) > 0 and float(decode["create_completion_tok_s"]) > 0
+    (shift,) = _rows(out / "speed_shift.csv")
+    # Re-prefilling 192 kept tokens costs far more than shifting them.
+    assert float(shift["reprefill_over_shift"]) > 2
+    _png(out / "speed.png")
