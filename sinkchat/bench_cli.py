@@ -105,7 +105,7 @@ def _done(files: dict[str, Path | None], out: Path) -> None:
 
 def _ppl(args: argparse.Namespace) -> int:
     from sinkchat.bench.corpus import load_text
-    from sinkchat.bench.ppl import PplConfig, run_ppl, summary, write_results
+    from sinkchat.bench.ppl import PplConfig, run_ppl, summaries, write_results
     from sinkchat.bench.report import output_dir, table, write_json
 
     config = PplConfig(
@@ -129,7 +129,7 @@ def _ppl(args: argparse.Namespace) -> int:
         runs = run_ppl(model, tokens, config, progress=not args.quiet)
     finally:
         model.close()
-    rows = [summary(r, config.n_ctx) for r in runs]
+    rows = summaries(runs, config.n_ctx)
     print()
     print(
         table(
@@ -139,8 +139,9 @@ def _ppl(args: argparse.Namespace) -> int:
                 ("tokens", "tokens"),
                 ("ppl", "PPL"),
                 ("ppl_after_fill", "PPL after fill"),
+                ("ppl_common", "PPL same span"),
                 ("ppl_last_tenth", "PPL last 10%"),
-                ("rss_start_mib", "RSS MiB"),
+                ("rss_full_mib", "RSS MiB"),
                 ("rss_growth_mib", "RSS growth"),
                 ("tok_per_s", "tok/s"),
                 ("stopped", ""),
@@ -183,7 +184,10 @@ def _endless(args: argparse.Namespace) -> int:
             [
                 ("policy", "policy"),
                 ("tokens", "tokens"),
-                ("fluency_lost_at", "fluency lost at"),
+                ("fluency_lost_at", "<26 chars at"),
+                ("low_variety_pct", "<26 chars %"),
+                ("looping_at", "loops from"),
+                ("looping_pct", "looping %"),
                 ("median_ms", "median ms"),
                 ("p99_ms", "p99 ms"),
                 ("max_ms", "max ms"),
@@ -236,6 +240,7 @@ def _chat(args: argparse.Namespace) -> int:
                 ("n_ctx", "n_ctx"),
                 ("turns", "turns"),
                 ("failed", "failed"),
+                ("repeated", "repeated"),
                 ("context_full", "context full"),
                 ("empty", "empty"),
                 ("median_s", "median s/turn"),

@@ -67,6 +67,16 @@ def test_fluency_heuristic_tells_prose_from_loops() -> None:
     assert fluency.is_failure(varied_loop)
 
 
+def test_chat_replies_that_repeat_an_earlier_one_are_counted() -> None:
+    from sinkchat.bench.chat_bench import classify
+
+    earlier: set[str] = set()
+    assert classify("Paris is the capital of France.", earlier) == "ok"
+    assert classify("Bien sûr, je ne sais pas.", earlier) == "ok"
+    assert classify("Bien sûr, je ne sais pas.", earlier) == "repeated"
+    assert classify("!" * 40, earlier) == "failed"
+
+
 def test_unaligned_policy_cuts_across_messages() -> None:
     layout = CacheLayout(capacity=100, pin_target=4)
     layout.append("user", 1, 4 + 30)
@@ -311,7 +321,7 @@ def test_bench_chat_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
         assert int(summary[name]["context_full"]) == 0 and int(summary[name]["max_cached"]) <= 160
     turns = [r for r in _rows(out / "chat_turns.csv") if r["policy"] == "sinks"]
     assert [int(r["turn"]) for r in turns] == list(range(1, 7))
-    assert all(r["reply"].strip() and r["outcome"] in ("ok", "failed") for r in turns)
+    assert all(r["reply"].strip() and r["outcome"] in ("ok", "failed", "repeated") for r in turns)
     _png(out / "chat.png")
 
 

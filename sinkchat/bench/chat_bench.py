@@ -75,7 +75,7 @@ class Turn(BaseModel):
     seconds: float
     cached: int
     rss: int
-    outcome: Literal["ok", "failed", "context full"]
+    outcome: Literal["ok", "failed", "repeated", "context full"]
 
 
 class ContextFull(Exception):
@@ -179,6 +179,25 @@ def _open(model: LlamaModel, policy: ChatPolicy, config: ChatBenchConfig) -> tup
     return chat, n_ctx
 
 
+REPEAT_KEY = 80
+"""Replies that start with the same this many characters count as the same reply."""
+
+
+def classify(reply: str, earlier: set[str]) -> Literal["ok", "failed", "repeated"]:
+    """The seeds' heuristic first; then a reply that repeats an earlier one to another question.
+
+    Small models copy their own earlier answers once the history is long (seen under every
+    policy that keeps much of it); the character heuristics cannot see that.
+    """
+    if fluency.is_failure(reply):
+        return "failed"
+    key = reply.strip()[:REPEAT_KEY]
+    if key and key in earlier:
+        return "repeated"
+    earlier.add(key)
+    return "ok"
+
+
 def run_policy(
     model: LlamaModel,
     prompts: Sequence[Sequence[str]],
@@ -191,6 +210,7 @@ def run_policy(
     turns: list[Turn] = []
     flat = [text for pair in prompts for text in pair]
     full = False
+    earlier: set[str] = set()
     try:
         with Progress(len(flat), policy, enabled=progress, unit="turn") as bar:
             for i, text in enumerate(flat, start=1):
@@ -202,7 +222,7 @@ def run_policy(
                     try:
                         pieces = list(chat.send(text, max_tokens=config.max_tokens))  # type: ignore[attr-defined]
                         reply = "".join(pieces)
-                        outcome = "failed" if fluency.is_failure(reply) else "ok"
+                        outcome = classify(reply, earlier)
                     except ContextFull:
                         full, outcome = True, "context full"
                 cached = chat.n_cached if isinstance(chat, TemplateChat) else chat.stats.n_cached  # type: ignore[attr-defined]
@@ -244,6 +264,7 @@ def summary(policy: str, turns: Sequence[Turn], n_ctx: int) -> dict[str, object]
         "n_ctx": n_ctx,
         "turns": len(turns),
         "failed": sum(t.outcome == "failed" for t in turns),
+        "repeated": sum(t.outcome == "repeated" for t in turns),
         "context_full": sum(t.outcome == "context full" for t in turns),
         "empty": sum(t.outcome == "ok" and not t.reply.strip() for t in turns),
         "median_s": percentile(secs, 50),
@@ -251,6 +272,33 @@ def summary(policy: str, turns: Sequence[Turn], n_ctx: int) -> dict[str, object]
         "max_cached": max((t.cached for t in turns), default=0),
         "rss_growth_mib": (turns[-1].rss - turns[0].rss) / 2**20 if turns else None,
     }
+
+
+def turns_from_csv(path: Path) -> dict[str, list[Turn]]:
+    """Turns read back from ``chat_turns.csv``, classified again (to re-summarise without a model)."""
+    from sinkchat.bench.report import read_csv
+
+    results: dict[str, list[Turn]] = {}
+    earlier: dict[str, set[str]] = {}
+    for row in read_csv(path):
+        policy = row["policy"]
+        outcome = row["outcome"]
+        if outcome != "context full":
+            outcome = classify(row["reply"], earlier.setdefault(policy, set()))
+        results.setdefault(policy, []).append(
+            Turn(
+                policy=policy,
+                turn=int(row["turn"]),
+                prompt=row["prompt"],
+                reply=row["reply"],
+                n_tokens=int(row["n_tokens"]),
+                seconds=float(row["seconds"]),
+                cached=int(row["cached"]),
+                rss=round(float(row["rss_mib"]) * 2**20),
+                outcome=outcome,
+            )  # type: ignore[arg-type]
+        )
+    return results
 
 
 def write_results(
@@ -285,7 +333,7 @@ def write_results(
     files["plot"] = plots.panels(
         out / "chat.png",
         [
-            ("failed turns (cumulative)", series("failures"), False),
+            ("failed or repeated turns (cumulative)", series("failures"), False),
             ("seconds per turn", series("seconds"), False),
             ("tokens in cache", series("cached"), False),
             ("process RSS (MiB)", series("rss"), False),

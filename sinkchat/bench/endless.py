@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -136,6 +136,11 @@ def run_endless(model: LlamaModel, config: EndlessConfig, *, progress: bool = Tr
     return [generate(model, policy, config, progress=progress) for policy in config.policies]
 
 
+def _share(values: Sequence[float], bad: Callable[[float], bool]) -> float | None:
+    """Percent of the text's windows judged bad."""
+    return 100 * sum(map(bad, values)) / len(values) if values else None
+
+
 def summary(run: Generation) -> dict[str, object]:
     lat = run.latencies_ms
     loss = run.loss_token()
@@ -145,7 +150,11 @@ def summary(run: Generation) -> dict[str, object]:
         "n_ctx": run.n_ctx,
         "tokens": run.n_tokens,
         "fluency_lost_at": loss,
+        "low_variety_pct": _share(fluency.distinct_profile(run.text), lambda d: d < fluency.MIN_DISTINCT),
         "looping_at": run.loop_token(),
+        "looping_pct": _share(
+            [r for _, r in fluency.compression_profile(run.text)], lambda r: r < fluency.MAX_COMPRESSION
+        ),
         "median_ms": statistics.median(lat) if lat else None,
         "p99_ms": percentile(lat, 99),
         "max_ms": max(lat) if lat else None,

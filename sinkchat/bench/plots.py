@@ -57,6 +57,16 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _peaks(xs: Sequence[float], ys: Sequence[float], every: int) -> tuple[list[float], list[float]]:
+    """The largest y of each run of ``every`` points: memory sampled per chunk wobbles by a
+    few MiB of temporaries, and the peaks are what matters."""
+    px, py = [], []
+    for i in range(0, len(xs), every):
+        px.append(xs[min(i + every, len(xs)) - 1])
+        py.append(max(ys[i : i + every]))
+    return px, py
+
+
 def ppl_plots(runs: Sequence[Run], out: Path, config: PplConfig) -> dict[str, Path]:
     """Log-PPL and RSS against input length (like the attention-sinks figures); PPL per sink count."""
     if not available():
@@ -73,8 +83,11 @@ def ppl_plots(runs: Sequence[Run], out: Path, config: PplConfig) -> dict[str, Pa
     for i, run in enumerate(runs):
         xs, ys = smooth(run, span)
         c = cmap(i / max(1, len(runs) - 1)) if sweep else color(run.label)
-        top.plot(xs, ys, label=f"{run.label} (ppl {run.ppl() or float('nan'):.1f})", color=c, lw=1.3)
-        bottom.plot(run.positions, [r / 2**20 for r in run.rss], label=run.label, color=c, lw=1.3)
+        top.plot(
+            xs, ys, label=f"{run.label} (ppl {run.ppl() or float('nan'):.1f} over {run.tokens:,})", color=c, lw=1.3
+        )
+        mx, my = _peaks(run.positions, [r / 2**20 for r in run.rss], max(1, len(run.positions) // 300))
+        bottom.plot(mx, my, label=run.label, color=c, lw=1.3)
         if run.stopped:
             top.axvline(run.tokens, color=c, ls=":", lw=1)
     top.axvline(config.n_ctx, color="black", ls="--", lw=0.8)
@@ -98,6 +111,7 @@ def ppl_plots(runs: Sequence[Run], out: Path, config: PplConfig) -> dict[str, Pa
         sinks = [r for r in runs if r.policy == "sinks"]
         fig, ax = plt.subplots(figsize=(6, 3.8))
         values = [r.ppl(start=config.n_ctx) or 0.0 for r in sinks]
+        ax.set_ylim(0, max(values, default=1) * 1.15)
         bars = ax.bar(
             [str(r.sinks) for r in sinks], values, color=[cmap(i / max(1, len(sinks) - 1)) for i in range(len(sinks))]
         )

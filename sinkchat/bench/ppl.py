@@ -120,7 +120,7 @@ def run_policy(
         step = min(chunk, stream.max_chunk())
         previous: np.ndarray | None = None
         started = time.perf_counter()
-        with Progress(limit, label, enabled=progress) as bar:
+        with Progress(min(limit, n_ctx) if policy == "dense" else limit, label, enabled=progress) as bar:
             for at in range(0, limit, step):
                 piece = list(tokens[at : at + step])
                 try:
@@ -156,9 +156,17 @@ def run_ppl(model: LlamaModel, tokens: Sequence[int], config: PplConfig, *, prog
     return runs
 
 
-def summary(run: Run, n_ctx: int) -> dict[str, object]:
-    """One row per run: perplexity overall, after the cache first filled, and over the last tenth."""
+def common_end(runs: Sequence[Run]) -> int:
+    """The tokens every evicting run read: perplexities over this range compare like with like."""
+    return min((r.tokens for r in runs if r.policy != "dense"), default=0)
+
+
+def summary(run: Run, n_ctx: int, common: int | None = None) -> dict[str, object]:
+    """One row per run: perplexity overall, after the cache first filled, over the range all
+    evicting runs read (``common``), and over the last tenth; memory once the cache was full."""
     last_tenth = run.tokens - run.tokens // 10
+    full = next((i for i, pos in enumerate(run.positions) if pos >= min(n_ctx, run.n_ctx)), 0)
+    rss = run.rss[full:]
     return {
         "policy": run.label,
         "sinks": run.sinks,
@@ -166,13 +174,49 @@ def summary(run: Run, n_ctx: int) -> dict[str, object]:
         "tokens": run.tokens,
         "ppl": run.ppl(),
         "ppl_after_fill": run.ppl(start=n_ctx),
+        "ppl_common": run.ppl(start=n_ctx, end=common) if common and run.policy != "dense" else None,
         "ppl_last_tenth": run.ppl(start=last_tenth),
-        "rss_start_mib": run.rss[0] / 2**20 if run.rss else None,
-        "rss_end_mib": run.rss[-1] / 2**20 if run.rss else None,
-        "rss_growth_mib": (run.rss[-1] - run.rss[0]) / 2**20 if run.rss else None,
+        "rss_full_mib": rss[0] / 2**20 if rss else None,
+        "rss_max_mib": max(rss) / 2**20 if rss else None,
+        "rss_growth_mib": (max(rss) - rss[0]) / 2**20 if rss else None,
         "tok_per_s": run.tokens / run.seconds if run.seconds else None,
         "stopped": run.stopped or "",
     }
+
+
+def summaries(runs: Sequence[Run], n_ctx: int) -> list[dict[str, object]]:
+    common = common_end(runs)
+    return [summary(r, n_ctx, common) for r in runs]
+
+
+def runs_from_csv(path: Path, n_ctx: int) -> list[Run]:
+    """Runs read back from ``ppl_series.csv`` (to re-plot or re-summarise without evaluating again)."""
+    from sinkchat.bench.report import read_csv
+
+    runs: dict[str, Run] = {}
+    for row in read_csv(path):
+        label = row["policy"]
+        run = runs.get(label)
+        if run is None:
+            policy = label.split("=")[0]
+            run = runs[label] = Run(
+                policy=policy,
+                label=label,
+                sinks=int(row["sinks"]),
+                n_ctx=n_ctx,
+                positions=[],
+                nll=[],
+                counts=[],
+                rss=[],
+                cached=[],
+                seconds=0.0,
+            )
+        run.positions.append(int(row["tokens"]))
+        run.nll.append(float(row["nll"]))
+        run.counts.append(int(row["scored"]))
+        run.rss.append(round(float(row["rss_mib"]) * 2**20))
+        run.cached.append(int(row["cached"]))
+    return list(runs.values())
 
 
 def series_rows(runs: Sequence[Run]) -> list[dict[str, object]]:
@@ -215,7 +259,7 @@ def write_results(runs: Sequence[Run], out: Path, config: PplConfig) -> dict[str
 
     files = {
         "series": write_csv(out / "ppl_series.csv", series_rows(runs)),
-        "summary": write_csv(out / "ppl_summary.csv", [summary(r, config.n_ctx) for r in runs]),
+        "summary": write_csv(out / "ppl_summary.csv", summaries(runs, config.n_ctx)),
     }
     files.update(plots.ppl_plots(runs, out, config))
     return files
