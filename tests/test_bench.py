@@ -197,24 +197,9 @@ def test_bench_ppl_end_to_end(smollm2_path: Path, tmp_path: Path, capsys: pytest
     assert int(summary["dense"]["tokens"]) == 512 and summary["dense"]["stopped"]
     assert int(summary["recompute"]["tokens"]) == 1200
 
-    from sinkchat.bench.ppl import Run
+    from sinkchat.bench.ppl import runs_from_csv
 
-    series = _rows(out / "ppl_series.csv")
-    runs = {}
-    for name in ("window", "sinks", "recompute"):
-        rows = [r for r in series if r["policy"] == name]
-        runs[name] = Run(
-            policy=name,
-            label=name,
-            sinks=0,
-            n_ctx=128,
-            seconds=1.0,
-            positions=[int(r["tokens"]) for r in rows],
-            nll=[float(r["nll"]) for r in rows],
-            counts=[int(r["scored"]) for r in rows],
-            rss=[int(float(r["rss_mib"]) * 2**20) for r in rows],
-            cached=[int(r["cached"]) for r in rows],
-        )
+    runs = {r.label: r for r in runs_from_csv(out / "ppl_series.csv", n_ctx=128)}
     # Once the cache has filled, a window without sinks collapses; sinks track recompute.
     window, sinks, recompute = (runs[n].ppl(start=128, end=1200) for n in ("window", "sinks", "recompute"))
     assert window and sinks and recompute
