@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from sinkchat.bench.streams import STREAM_POLICIES
 
@@ -94,19 +97,30 @@ def _model(args: argparse.Namespace):  # -> LlamaModel
     return LlamaModel(resolve_model_path(args.model))
 
 
-def _done(files: dict[str, Path | None], out: Path) -> None:
+def _finish(out: Path, name: str, files: Mapping[str, Path | None], config: BaseModel, **about: Any) -> int:
+    """Save the run's configuration next to its results and say where they are."""
     from sinkchat.bench import plots
+    from sinkchat.bench.report import write_json
 
+    files = {**files, "config": write_json(out / f"{name}_config.json", {**about, **config.model_dump()})}
     if not plots.available():
         print(plots.MISSING, file=sys.stderr)
     written = ", ".join(p.name for p in files.values() if p is not None)
     print(f"\nwritten to {out}: {written}")
+    return 0
+
+
+def _print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
+    from sinkchat.bench.report import table
+
+    print()
+    print(table(rows, columns))
 
 
 def _ppl(args: argparse.Namespace) -> int:
     from sinkchat.bench.corpus import load_text
-    from sinkchat.bench.ppl import PplConfig, run_ppl, summaries, write_results
-    from sinkchat.bench.report import output_dir, table, write_json
+    from sinkchat.bench.ppl import COLUMNS, PplConfig, run_ppl, summaries, write_results
+    from sinkchat.bench.report import output_dir
 
     config = PplConfig(
         policies=tuple(args.policies),
@@ -122,41 +136,17 @@ def _ppl(args: argparse.Namespace) -> int:
     )
     out = output_dir(args.out)
     text, source = load_text(args.text, min_chars=args.tokens * 6)
-    model = _model(args)
-    try:
+    with _model(args) as model:
         tokens = model.tokenize(text, add_special=model.add_bos)[: args.tokens]
         print(f"{model.name} · {source} · {len(tokens):,} tokens · cache {config.n_ctx} · {config.threads} threads")
         runs = run_ppl(model, tokens, config, progress=not args.quiet)
-    finally:
-        model.close()
-    rows = summaries(runs, config.n_ctx)
-    print()
-    print(
-        table(
-            rows,
-            [
-                ("policy", "policy"),
-                ("tokens", "tokens"),
-                ("ppl", "PPL"),
-                ("ppl_after_fill", "PPL after fill"),
-                ("ppl_common", "PPL same span"),
-                ("ppl_last_tenth", "PPL last 10%"),
-                ("rss_full_mib", "RSS MiB"),
-                ("rss_growth_mib", "RSS growth"),
-                ("tok_per_s", "tok/s"),
-                ("stopped", ""),
-            ],
-        )
-    )
-    files: dict[str, Path | None] = dict(write_results(runs, out, config))
-    files["config"] = write_json(out / "ppl_config.json", {"model": model.name, "text": source, **config.model_dump()})
-    _done(files, out)
-    return 0
+    _print_table(summaries(runs, config.n_ctx), COLUMNS)
+    return _finish(out, "ppl", write_results(runs, out, config), config, model=model.name, text=source)
 
 
 def _endless(args: argparse.Namespace) -> int:
-    from sinkchat.bench.endless import EndlessConfig, run_endless, summary, write_results
-    from sinkchat.bench.report import output_dir, table, write_json
+    from sinkchat.bench.endless import COLUMNS, EndlessConfig, run_endless, summary, write_results
+    from sinkchat.bench.report import output_dir
 
     base = EndlessConfig()
     config = EndlessConfig(
@@ -171,42 +161,24 @@ def _endless(args: argparse.Namespace) -> int:
         **_threads(args),
     )
     out = output_dir(args.out)
-    model = _model(args)
-    try:
+    with _model(args) as model:
         print(f"{model.name} · {config.tokens:,} tokens per policy · cache {config.n_ctx} · {config.threads} threads")
         runs = run_endless(model, config, progress=not args.quiet)
-    finally:
-        model.close()
-    print()
-    print(
-        table(
-            [summary(r) for r in runs],
-            [
-                ("policy", "policy"),
-                ("tokens", "tokens"),
-                ("fluency_lost_at", "<26 chars at"),
-                ("low_variety_pct", "<26 chars %"),
-                ("looping_at", "loops from"),
-                ("looping_pct", "looping %"),
-                ("median_ms", "median ms"),
-                ("p99_ms", "p99 ms"),
-                ("max_ms", "max ms"),
-                ("shifts", "shifts"),
-                ("rss_start_mib", "RSS MiB"),
-                ("rss_growth_mib", "RSS growth"),
-                ("stopped", ""),
-            ],
-        )
-    )
-    files = write_results(runs, out, config)
-    files["config"] = write_json(out / "endless_config.json", {"model": model.name, **config.model_dump()})
-    _done(files, out)
-    return 0
+    _print_table([summary(r) for r in runs], COLUMNS)
+    return _finish(out, "endless", write_results(runs, out, config), config, model=model.name)
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from sinkchat.bench.chat_bench import ChatBenchConfig, load_prompts, run_chat, summary, write_results
-    from sinkchat.bench.report import output_dir, table, write_json
+    from sinkchat.bench.chat_bench import (
+        COLUMNS,
+        ChatBenchConfig,
+        cache_size,
+        load_prompts,
+        run_chat,
+        summary,
+        write_results,
+    )
+    from sinkchat.bench.report import output_dir
     from sinkchat.errors import SinkchatError
 
     config = ChatBenchConfig(
@@ -223,79 +195,23 @@ def _chat(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SinkchatError(f"cannot read the prompts {args.prompts}: {exc}") from None
     out = output_dir(args.out)
-    model = _model(args)
-    try:
-        dense_ctx = config.dense_ctx or model.n_ctx_train or config.n_ctx
-        n_ctx = {p: dense_ctx if p == "dense" else config.n_ctx for p in config.policies}
+    with _model(args) as model:
+        n_ctx = {p: cache_size(model, p, config) for p in config.policies}
         print(f"{model.name} · {2 * len(prompts)} turns per policy · cache {config.n_ctx} · {config.threads} threads")
         results = run_chat(model, config, prompts, progress=not args.quiet)
-    finally:
-        model.close()
-    print()
-    print(
-        table(
-            [summary(p, t, n_ctx[p]) for p, t in results.items()],
-            [
-                ("policy", "policy"),
-                ("n_ctx", "n_ctx"),
-                ("turns", "turns"),
-                ("failed", "failed"),
-                ("repeated", "repeated"),
-                ("context_full", "context full"),
-                ("empty", "empty"),
-                ("median_s", "median s/turn"),
-                ("p90_s", "p90 s"),
-                ("max_cached", "max cached"),
-                ("rss_growth_mib", "RSS growth MiB"),
-            ],
-        )
-    )
-    files = write_results(results, out, config, n_ctx)
-    files["config"] = write_json(out / "chat_config.json", {"model": model.name, **config.model_dump()})
-    _done(files, out)
-    return 0
+    _print_table([summary(p, t, n_ctx[p]) for p, t in results.items()], COLUMNS)
+    return _finish(out, "chat", write_results(results, out, config, n_ctx), config, model=model.name)
 
 
 def _speed(args: argparse.Namespace) -> int:
-    from sinkchat.bench.report import output_dir, table, write_json
-    from sinkchat.bench.speed import SpeedConfig, run_speed, write_results
+    from sinkchat.bench.report import output_dir
+    from sinkchat.bench.speed import DECODE_COLUMNS, SHIFT_COLUMNS, SpeedConfig, run_speed, write_results
 
     config = SpeedConfig(n_ctx=tuple(args.n_ctx), decode_tokens=args.tokens, repeats=args.repeats, **_threads(args))
     out = output_dir(args.out)
-    model = _model(args)
-    try:
+    with _model(args) as model:
         print(f"{model.name} · {config.threads} threads · median of {config.repeats}")
         decode, shifts = run_speed(model, config, progress=not args.quiet)
-    finally:
-        model.close()
-    print()
-    print(
-        table(
-            [decode],
-            [
-                ("n_ctx", "n_ctx"),
-                ("tokens", "tokens"),
-                ("sinkchat_tok_s", "sinkchat tok/s"),
-                ("create_completion_tok_s", "create_completion tok/s"),
-                ("ratio", "ratio"),
-            ],
-        )
-    )
-    print()
-    print(
-        table(
-            shifts,
-            [
-                ("n_ctx", "n_ctx"),
-                ("kept", "kept"),
-                ("step_ms", "step ms"),
-                ("shift_step_ms", "shift+step ms"),
-                ("reprefill_step_ms", "re-prefill+step ms"),
-                ("reprefill_over_shift", "re-prefill / shift"),
-            ],
-        )
-    )
-    files = write_results(decode, shifts, out)
-    files["config"] = write_json(out / "speed_config.json", {"model": model.name, **config.model_dump()})
-    _done(files, out)
-    return 0
+    _print_table([decode], DECODE_COLUMNS)
+    _print_table(shifts, SHIFT_COLUMNS)
+    return _finish(out, "speed", write_results(decode, shifts, out), config, model=model.name)

@@ -40,6 +40,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _summary(out: Path, bench: str) -> dict[str, dict[str, str]]:
+    """The ``<bench>_summary.csv`` rows by policy."""
+    return {r["policy"]: r for r in _rows(out / f"{bench}_summary.csv")}
+
+
 def _png(path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
     assert path.stat().st_size > 10_000, f"{path} looks empty"
@@ -191,7 +196,7 @@ def test_bench_ppl_end_to_end(smollm2_path: Path, tmp_path: Path, capsys: pytest
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "PPL after fill" in printed and "cache full at" in printed
-    summary = {r["policy"]: r for r in _rows(out / "ppl_summary.csv")}
+    summary = _summary(out, "ppl")
     assert set(summary) == {"dense", "window", "sinks", "recompute"}
     assert int(summary["sinks"]["tokens"]) == int(summary["window"]["tokens"]) == 2400
     assert int(summary["dense"]["tokens"]) == 512 and summary["dense"]["stopped"]
@@ -238,7 +243,7 @@ def test_bench_ppl_sink_sweep(smollm2_path: Path, tmp_path: Path) -> None:
         "-q",
     ]
     assert main(args) == 0
-    summary = {r["policy"]: r for r in _rows(out / "ppl_summary.csv")}
+    summary = _summary(out, "ppl")
     assert set(summary) == {"sinks=0", "sinks=4"}
     assert float(summary["sinks=0"]["ppl_after_fill"]) > 1.5 * float(summary["sinks=4"]["ppl_after_fill"])
     _png(out / "ppl_sinks.png")
@@ -263,7 +268,7 @@ def test_bench_endless_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
         "-q",
     ]
     assert main(args) == 0
-    summary = {r["policy"]: r for r in _rows(out / "endless_summary.csv")}
+    summary = _summary(out, "endless")
     assert set(summary) == {"dense", "window", "sinks", "recompute"}
     assert "cache full" in summary["dense"]["stopped"] and int(summary["dense"]["tokens"]) < 128
     for name in ("window", "sinks", "recompute"):
@@ -298,7 +303,7 @@ def test_bench_chat_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
         "-q",
     ]
     assert main(args) == 0
-    summary = {r["policy"]: r for r in _rows(out / "chat_summary.csv")}
+    summary = _summary(out, "chat")
     assert set(summary) == {"dense", "window", "sinks", "half-discard", "truncate"}
     assert all(int(r["turns"]) == 6 for r in summary.values())
     assert int(summary["dense"]["context_full"]) > 0  # the dense history outgrew its cache

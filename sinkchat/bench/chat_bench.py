@@ -29,6 +29,7 @@ from models.options import LoadOptions, default_threads
 from models.sampler import Sampler, SamplingSettings
 from sinkchat.bench import fluency
 from sinkchat.bench.report import Progress, percentile
+from sinkchat.bench.streams import dense_size
 from sinkchat.chat import Chat
 from sinkchat.config import SinkSettings
 from sinkchat.engine import SinkEngine
@@ -157,9 +158,13 @@ class TemplateChat:
         self.history = [*messages, {"role": "assistant", "content": "".join(pieces)}]
 
 
+def cache_size(model: LlamaModel, policy: ChatPolicy, config: ChatBenchConfig) -> int:
+    return dense_size(model, config.dense_ctx, config.n_ctx) if policy == "dense" else config.n_ctx
+
+
 def _open(model: LlamaModel, policy: ChatPolicy, config: ChatBenchConfig) -> tuple[object, int]:
     """A chat object for ``policy`` and its cache size."""
-    n_ctx = (config.dense_ctx or model.n_ctx_train or config.n_ctx) if policy == "dense" else config.n_ctx
+    n_ctx = cache_size(model, policy, config)
     ctx = LlamaContext(model, LoadOptions(n_ctx=n_ctx, n_threads=config.threads))
     if policy in ("dense", "truncate"):
         reserve = 0 if policy == "dense" else config.max_tokens
@@ -254,6 +259,22 @@ def run_chat(
 ) -> dict[str, list[Turn]]:
     prompts = list(prompts if prompts is not None else load_prompts())[: config.conversations]
     return {policy: run_policy(model, prompts, policy, config, progress=progress) for policy in config.policies}
+
+
+COLUMNS = (
+    ("policy", "policy"),
+    ("n_ctx", "n_ctx"),
+    ("turns", "turns"),
+    ("failed", "failed"),
+    ("repeated", "repeated"),
+    ("context_full", "context full"),
+    ("empty", "empty"),
+    ("median_s", "median s/turn"),
+    ("p90_s", "p90 s"),
+    ("max_cached", "max cached"),
+    ("rss_growth_mib", "RSS growth MiB"),
+)
+"""``(summary key, heading)`` of the terminal table."""
 
 
 def summary(policy: str, turns: Sequence[Turn], n_ctx: int) -> dict[str, object]:

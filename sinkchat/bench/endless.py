@@ -22,7 +22,7 @@ from models.options import LoadOptions, default_threads
 from models.sampler import Sampler, SamplingSettings
 from sinkchat.bench import fluency
 from sinkchat.bench.report import Progress, percentile
-from sinkchat.bench.streams import STREAM_POLICIES, CacheFull, StreamPolicy, open_stream
+from sinkchat.bench.streams import STREAM_POLICIES, CacheFull, StreamPolicy, dense_size, open_stream
 from sinkchat.stats import process_rss
 from sinkchat.text_stream import Utf8Joiner
 
@@ -53,16 +53,19 @@ class EndlessConfig(BaseModel):
 class Generation(BaseModel):
     policy: str
     n_ctx: int
-    text: str
-    n_tokens: int
-    latencies_ms: list[float]
-    samples: list[tuple[int, int, int]]
+    text: str = ""
+    latencies_ms: list[float] = Field(default_factory=list)
+    samples: list[tuple[int, int, int]] = Field(default_factory=list)
     """``(tokens generated, RSS bytes, tokens cached)`` every :data:`SAMPLE_EVERY` tokens."""
-    char_ends: list[int]
+    char_ends: list[int] = Field(default_factory=list)
     """Length of the text after each token (maps a character offset back to a token)."""
-    shifts: int
-    seconds: float
+    shifts: int = 0
+    seconds: float = 0.0
     stopped: str | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.latencies_ms)
 
     def token_at(self, offset: int | None) -> int | None:
         """The token that completed character ``offset`` of the text."""
@@ -80,19 +83,9 @@ class Generation(BaseModel):
 def generate(model: LlamaModel, policy: StreamPolicy, config: EndlessConfig, *, progress: bool = True) -> Generation:
     n_ctx = config.n_ctx
     if policy == "dense":
-        n_ctx = config.dense_ctx or model.n_ctx_train or config.n_ctx
+        n_ctx = dense_size(model, config.dense_ctx, config.n_ctx)
     prompt = model.tokenize(config.prompt, add_special=model.add_bos)
-    run = Generation(
-        policy=policy,
-        n_ctx=n_ctx,
-        text="",
-        n_tokens=0,
-        latencies_ms=[],
-        samples=[],
-        char_ends=[],
-        shifts=0,
-        seconds=0.0,
-    )
+    run = Generation(policy=policy, n_ctx=n_ctx)
     pieces: list[str] = []
     length = 0
     with (
@@ -128,12 +121,29 @@ def generate(model: LlamaModel, policy: StreamPolicy, config: EndlessConfig, *, 
         run.seconds = time.perf_counter() - started
         run.shifts = stream.shifts
     run.text = "".join(pieces)
-    run.n_tokens = len(run.latencies_ms)
     return run
 
 
 def run_endless(model: LlamaModel, config: EndlessConfig, *, progress: bool = True) -> list[Generation]:
     return [generate(model, policy, config, progress=progress) for policy in config.policies]
+
+
+COLUMNS = (
+    ("policy", "policy"),
+    ("tokens", "tokens"),
+    ("fluency_lost_at", "<26 chars at"),
+    ("low_variety_pct", "<26 chars %"),
+    ("looping_at", "loops from"),
+    ("looping_pct", "looping %"),
+    ("median_ms", "median ms"),
+    ("p99_ms", "p99 ms"),
+    ("max_ms", "max ms"),
+    ("shifts", "shifts"),
+    ("rss_start_mib", "RSS MiB"),
+    ("rss_growth_mib", "RSS growth"),
+    ("stopped", ""),
+)
+"""``(summary key, heading)`` of the terminal table."""
 
 
 def _share(values: Sequence[float], bad: Callable[[float], bool]) -> float | None:

@@ -131,9 +131,8 @@ def lines(
     xlabel: str,
     ylabel: str,
     logy: bool = False,
-    marks: Mapping[str, float] | None = None,
 ) -> Path | None:
-    """One line per policy; ``marks`` draws a dotted line where a policy failed."""
+    """One line per series."""
     if not available():
         log.warning(MISSING)
         return None
@@ -141,8 +140,6 @@ def lines(
     fig, ax = plt.subplots(figsize=(9, 4.2))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, label=label, color=color(label), lw=1.2)
-    for label, x in (marks or {}).items():
-        ax.axvline(x, color=color(label), ls=":", lw=1.2)
     if logy:
         ax.set_yscale("log")
     ax.set_title(title)
@@ -158,7 +155,6 @@ def panels(
     *,
     title: str,
     xlabel: str,
-    kind: str = "line",
     thresholds: Sequence[tuple[int, float]] = (),
 ) -> Path | None:
     """Stacked panels sharing x: each ``(ylabel, {policy: (xs, ys)}, logy)``.
@@ -173,10 +169,7 @@ def panels(
     axes = list(axes) if len(panels) > 1 else [axes]
     for ax, (ylabel, series, logy) in zip(axes, panels, strict=True):
         for label, (xs, ys) in series.items():
-            if kind == "scatter":
-                ax.plot(xs, ys, label=label, color=color(label), lw=0.9, marker=".", ms=3)
-            else:
-                ax.plot(xs, ys, label=label, color=color(label), lw=1.2)
+            ax.plot(xs, ys, label=label, color=color(label), lw=1.2)
         if logy:
             ax.set_yscale("log")
         ax.set_ylabel(ylabel)

@@ -20,7 +20,7 @@ from models.llama_context import LlamaContext
 from models.llama_model import LlamaModel
 from models.options import LoadOptions, default_threads
 from sinkchat.bench.report import Progress
-from sinkchat.bench.streams import STREAM_POLICIES, CacheFull, StreamPolicy, open_stream
+from sinkchat.bench.streams import STREAM_POLICIES, CacheFull, StreamPolicy, dense_size, open_stream
 from sinkchat.stats import process_rss
 
 
@@ -50,14 +50,14 @@ class Run(BaseModel):
     label: str
     sinks: int
     n_ctx: int
-    positions: list[int]
+    positions: list[int] = Field(default_factory=list)
     """Tokens read so far at the end of each chunk."""
-    nll: list[float]
+    nll: list[float] = Field(default_factory=list)
     """Mean negative log-likelihood of each chunk's scored tokens."""
-    counts: list[int]
-    rss: list[int]
-    cached: list[int]
-    seconds: float
+    counts: list[int] = Field(default_factory=list)
+    rss: list[int] = Field(default_factory=list)
+    cached: list[int] = Field(default_factory=list)
+    seconds: float = 0.0
     stopped: str | None = None
 
     @property
@@ -97,24 +97,12 @@ def run_policy(
     limit = len(tokens)
     n_ctx = config.n_ctx
     if policy == "dense":
-        n_ctx = config.dense_ctx or model.n_ctx_train or config.n_ctx
-        n_ctx = min(n_ctx, limit)
+        n_ctx = min(dense_size(model, config.dense_ctx, config.n_ctx), limit)
     if policy == "recompute" and config.recompute_tokens:
         limit = min(limit, config.recompute_tokens)
     options = LoadOptions(n_ctx=n_ctx, n_threads=config.threads, n_batch=max(chunk, min(512, n_ctx)))
     label = policy if policy != "sinks" or not config.sink_sweep else f"sinks={sinks}"
-    run = Run(
-        policy=policy,
-        label=label,
-        sinks=sinks if policy == "sinks" else 0,
-        n_ctx=n_ctx,
-        positions=[],
-        nll=[],
-        counts=[],
-        rss=[],
-        cached=[],
-        seconds=0.0,
-    )
+    run = Run(policy=policy, label=label, sinks=sinks if policy == "sinks" else 0, n_ctx=n_ctx)
     with LlamaContext(model, options) as ctx:
         stream = open_stream(policy, ctx, sinks=sinks, discard=config.discard or chunk)
         step = min(chunk, stream.max_chunk())
@@ -154,6 +142,21 @@ def run_ppl(model: LlamaModel, tokens: Sequence[int], config: PplConfig, *, prog
         else:
             runs.append(run_policy(model, tokens, policy, config, progress=progress))
     return runs
+
+
+COLUMNS = (
+    ("policy", "policy"),
+    ("tokens", "tokens"),
+    ("ppl", "PPL"),
+    ("ppl_after_fill", "PPL after fill"),
+    ("ppl_common", "PPL same span"),
+    ("ppl_last_tenth", "PPL last 10%"),
+    ("rss_full_mib", "RSS MiB"),
+    ("rss_growth_mib", "RSS growth"),
+    ("tok_per_s", "tok/s"),
+    ("stopped", ""),
+)
+"""``(summary key, heading)`` of the terminal table."""
 
 
 def common_end(runs: Sequence[Run]) -> int:
@@ -199,18 +202,7 @@ def runs_from_csv(path: Path, n_ctx: int) -> list[Run]:
         run = runs.get(label)
         if run is None:
             policy = label.split("=")[0]
-            run = runs[label] = Run(
-                policy=policy,
-                label=label,
-                sinks=int(row["sinks"]),
-                n_ctx=n_ctx,
-                positions=[],
-                nll=[],
-                counts=[],
-                rss=[],
-                cached=[],
-                seconds=0.0,
-            )
+            run = runs[label] = Run(policy=policy, label=label, sinks=int(row["sinks"]), n_ctx=n_ctx)
         run.positions.append(int(row["tokens"]))
         run.nll.append(float(row["nll"]))
         run.counts.append(int(row["scored"]))

@@ -41,6 +41,27 @@ class SpeedConfig(BaseModel):
     threads: int = Field(default_factory=default_threads)
 
 
+DECODE_COLUMNS = (
+    ("n_ctx", "n_ctx"),
+    ("tokens", "tokens"),
+    ("sinkchat_tok_s", "sinkchat tok/s"),
+    ("create_completion_tok_s", "create_completion tok/s"),
+    ("ratio", "ratio"),
+)
+"""``(summary key, heading)`` of the terminal table."""
+
+
+SHIFT_COLUMNS = (
+    ("n_ctx", "n_ctx"),
+    ("kept", "kept"),
+    ("step_ms", "step ms"),
+    ("shift_step_ms", "shift+step ms"),
+    ("reprefill_step_ms", "re-prefill+step ms"),
+    ("reprefill_over_shift", "re-prefill / shift"),
+)
+"""``(summary key, heading)`` of the terminal table."""
+
+
 def filler(model: LlamaModel, n: int) -> list[int]:
     text = " ".join(f"Paragraph {i}: the clockmaker repaired the town's clocks and told stories." for i in range(n))
     return model.tokenize(text)[:n]

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from models.llama_context import LlamaContext
+from models.llama_model import LlamaModel
 from sinkchat.engine import SinkEngine
 from sinkchat.policy import SinkPolicy
 
@@ -36,8 +37,6 @@ class TokenStream:
         self.ctx = ctx
         self.n_ctx = n_ctx
         self.shifts = 0
-        self.recomputed = 0
-        """Tokens evaluated again (recompute only)."""
 
     @property
     def n_cached(self) -> int:
@@ -119,12 +118,16 @@ class RecomputeStream(TokenStream):
             self.ctx.clear()
             if keep:
                 self.ctx.decode(keep, 0, "none")
-            self.recomputed += len(keep)
             self.shifts += 1
             self._cached = len(keep)
         self.ctx.decode(tokens, self._cached, logits)
         self._cached += n
         self.history.extend(tokens)
+
+
+def dense_size(model: LlamaModel, given: int | None, fallback: int) -> int:
+    """The ``dense`` policy's cache: as given, else the model's training context."""
+    return given or model.n_ctx_train or fallback
 
 
 def open_stream(
