@@ -69,10 +69,16 @@ async def settle(pilot: Pilot, predicate, timeout: float = 5.0) -> None:
         await pilot.pause(0.02)
     await pilot.pause(0.2)  # notifications are posted as messages: let them arrive, then drop them
     pilot.app.clear_notifications()
-    for composer in pilot.app.query(Composer):  # the chat screen's only (a dialog on top keeps its own focus)
-        composer.focus()  # CI once caught it unfocused after the reply, so without its cursor
-        composer.cursor_blink = False
-        composer.refresh()  # a cursor caught in its "off" phase is not repainted by the line above
+    for composer in pilot.app.screen.query(Composer):  # app.query() would not reach into the screen; a dialog has none
+        composer.cursor_blink = False  # a steady cursor: no blink phase to catch
+        composer.focus()
+        # focus() is applied later, by a message: wait for it, or a loaded machine snaps the
+        # composer before it has focus (no cursor) and a quiet one after (cursor): a flaky test.
+        deadline = time.monotonic() + timeout
+        while not composer.has_focus and time.monotonic() < deadline:
+            await pilot.pause(0.02)
+        assert composer.has_focus, "the composer never got the focus"
+        composer.refresh()
     await pilot.pause(0.1)
 
 
