@@ -7,7 +7,7 @@ the cache, and this class keeps no token bookkeeping of its own that could drift
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from models import llama_log
 from models.errors import DecodeError, ModelLoadError
@@ -29,7 +29,9 @@ _FLASH = {"auto": -1, "off": 0, "on": 1}
 class LlamaContext(NativeHandle):
     """KV cache plus decoding for one model.  Use from one thread at a time."""
 
-    def __init__(self, model: LlamaModel, options: LoadOptions) -> None:
+    def __init__(self, model: LlamaModel, options: LoadOptions, *, eval_callback: Any = None) -> None:
+        """``eval_callback``: a ``ggml_backend_sched_eval_callback`` that sees every graph node
+        (see :mod:`models.attention`); it is kept referenced as long as the context lives."""
         import llama_cpp
 
         self._lib = llama_cpp
@@ -49,6 +51,9 @@ class LlamaContext(NativeHandle):
         params.swa_full = options.swa_full
         params.offload_kqv = options.offload_kqv
         params.no_perf = True
+        self._eval_callback = eval_callback
+        if eval_callback is not None:
+            params.cb_eval = eval_callback
         llama_log.clear()
         ctx = llama_cpp.llama_init_from_model(model.ptr, params)
         if not ctx:

@@ -16,7 +16,7 @@ CHAT_POLICIES = ("dense", "window", "sinks", "half-discard", "truncate")
 """As in :mod:`sinkchat.bench.chat_bench` (not imported here: ``sinkchat --help`` stays fast)."""
 
 
-def _positive(value: str) -> int:
+def positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
@@ -35,50 +35,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser, out: str) -> None:
         p.add_argument("-m", "--model", help="GGUF file (default: the embedded SmolLM2)")
         p.add_argument("-o", "--out", type=Path, default=Path("sinkchat-bench") / out, help="results folder")
-        p.add_argument("-t", "--threads", type=_positive, help="CPU threads (default: physical cores)")
+        p.add_argument("-t", "--threads", type=positive_int, help="CPU threads (default: physical cores)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     ppl = bsub.add_parser("ppl", help="log-perplexity and memory against input length over a long text")
     common(ppl, "ppl")
     ppl.add_argument("--text", default="shakespeare", help="text file, or 'shakespeare' (the bench extra's plays)")
-    ppl.add_argument("-n", "--tokens", type=_positive, default=20_000, help="tokens of text to read")
-    ppl.add_argument("-c", "--n-ctx", type=_positive, default=256, help="cache size of the evicting policies")
+    ppl.add_argument("-n", "--tokens", type=positive_int, default=20_000, help="tokens of text to read")
+    ppl.add_argument("-c", "--n-ctx", type=positive_int, default=256, help="cache size of the evicting policies")
     ppl.add_argument("--sinks", type=int, default=4, help="sink tokens of the sinks policy")
     ppl.add_argument(
         "--sink-sweep", type=int, nargs="+", metavar="N", help="run sinks with each count (e.g. 0 1 2 4 8)"
     )
-    ppl.add_argument("--discard", type=_positive, help="tokens one shift frees (default: the chunk)")
-    ppl.add_argument("--chunk", type=_positive, help="tokens evaluated per step (default: n_ctx/8)")
+    ppl.add_argument("--discard", type=positive_int, help="tokens one shift frees (default: the chunk)")
+    ppl.add_argument("--chunk", type=positive_int, help="tokens evaluated per step (default: n_ctx/8)")
     ppl.add_argument("--policies", nargs="+", choices=STREAM_POLICIES, default=list(STREAM_POLICIES))
-    ppl.add_argument("--recompute-tokens", type=_positive, help="stop recompute (the slow one) earlier")
-    ppl.add_argument("--dense-ctx", type=_positive, help="dense cache size (default: the training context)")
+    ppl.add_argument("--recompute-tokens", type=positive_int, help="stop recompute (the slow one) earlier")
+    ppl.add_argument("--dense-ctx", type=positive_int, help="dense cache size (default: the training context)")
 
     endless = bsub.add_parser("endless", help="generate far beyond the cache; when is fluency lost?")
     common(endless, "endless")
-    endless.add_argument("-n", "--tokens", type=_positive, default=10_000, help="tokens to generate per policy")
-    endless.add_argument("-c", "--n-ctx", type=_positive, default=256, help="cache size of the evicting policies")
+    endless.add_argument("-n", "--tokens", type=positive_int, default=10_000, help="tokens to generate per policy")
+    endless.add_argument("-c", "--n-ctx", type=positive_int, default=256, help="cache size of the evicting policies")
     endless.add_argument("--sinks", type=int, default=4)
-    endless.add_argument("--discard", type=_positive, help="tokens one shift frees (default: n_ctx/4)")
+    endless.add_argument("--discard", type=positive_int, help="tokens one shift frees (default: n_ctx/4)")
     endless.add_argument("--policies", nargs="+", choices=STREAM_POLICIES, default=list(STREAM_POLICIES))
-    endless.add_argument("--dense-ctx", type=_positive, help="dense cache size (default: the training context)")
+    endless.add_argument("--dense-ctx", type=positive_int, help="dense cache size (default: the training context)")
     endless.add_argument("--prompt", help="text to continue (default: the opening of a story)")
     endless.add_argument("--seed", type=int, default=7, help="sampling seed (the same for every policy)")
 
     chat = bsub.add_parser("chat", help="one long conversation per policy; count failed replies")
     common(chat, "chat")
-    chat.add_argument("-c", "--n-ctx", type=_positive, default=1024)
+    chat.add_argument("-c", "--n-ctx", type=positive_int, default=1024)
     chat.add_argument("--sinks", type=int, default=4)
-    chat.add_argument("--max-tokens", type=_positive, default=160, help="reply limit per turn")
-    chat.add_argument("--conversations", type=_positive, help="use only the first N two-turn prompts (84 shipped)")
+    chat.add_argument("--max-tokens", type=positive_int, default=160, help="reply limit per turn")
+    chat.add_argument("--conversations", type=positive_int, help="use only the first N two-turn prompts (84 shipped)")
     chat.add_argument("--prompts", type=Path, help="a JSON file shaped like the shipped prompts")
     chat.add_argument("--policies", nargs="+", choices=CHAT_POLICIES, default=list(CHAT_POLICIES))
-    chat.add_argument("--dense-ctx", type=_positive, help="dense cache size (default: the training context)")
+    chat.add_argument("--dense-ctx", type=positive_int, help="dense cache size (default: the training context)")
 
     speed = bsub.add_parser("speed", help="decode speed vs create_completion; context shift vs re-prefill")
     common(speed, "speed")
-    speed.add_argument("-c", "--n-ctx", type=_positive, nargs="+", default=[512, 1024, 2048, 4096])
-    speed.add_argument("-n", "--tokens", type=_positive, default=256, help="tokens per decode run")
-    speed.add_argument("--repeats", type=_positive, default=5)
+    speed.add_argument("-c", "--n-ctx", type=positive_int, nargs="+", default=[512, 1024, 2048, 4096])
+    speed.add_argument("-n", "--tokens", type=positive_int, default=256, help="tokens per decode run")
+    speed.add_argument("--repeats", type=positive_int, default=5)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,14 +90,14 @@ def _threads(args: argparse.Namespace) -> dict[str, Any]:
     return {"threads": args.threads} if args.threads else {}
 
 
-def _model(args: argparse.Namespace):  # -> LlamaModel
+def open_model(args: argparse.Namespace):  # -> LlamaModel
     from models.llama_model import LlamaModel
     from sinkchat.chat import resolve_model_path
 
     return LlamaModel(resolve_model_path(args.model))
 
 
-def _finish(out: Path, name: str, files: Mapping[str, Path | None], config: BaseModel, **about: Any) -> int:
+def finish(out: Path, name: str, files: Mapping[str, Path | None], config: BaseModel, **about: Any) -> int:
     """Save the run's configuration next to its results and say where they are."""
     from sinkchat.bench import plots
     from sinkchat.bench.report import write_json
@@ -136,12 +136,12 @@ def _ppl(args: argparse.Namespace) -> int:
     )
     out = output_dir(args.out)
     text, source = load_text(args.text, min_chars=args.tokens * 6)
-    with _model(args) as model:
+    with open_model(args) as model:
         tokens = model.tokenize(text, add_special=model.add_bos)[: args.tokens]
         print(f"{model.name} · {source} · {len(tokens):,} tokens · cache {config.n_ctx} · {config.threads} threads")
         runs = run_ppl(model, tokens, config, progress=not args.quiet)
     _print_table(summaries(runs, config.n_ctx), COLUMNS)
-    return _finish(out, "ppl", write_results(runs, out, config), config, model=model.name, text=source)
+    return finish(out, "ppl", write_results(runs, out, config), config, model=model.name, text=source)
 
 
 def _endless(args: argparse.Namespace) -> int:
@@ -161,11 +161,11 @@ def _endless(args: argparse.Namespace) -> int:
         **_threads(args),
     )
     out = output_dir(args.out)
-    with _model(args) as model:
+    with open_model(args) as model:
         print(f"{model.name} · {config.tokens:,} tokens per policy · cache {config.n_ctx} · {config.threads} threads")
         runs = run_endless(model, config, progress=not args.quiet)
     _print_table([summary(r) for r in runs], COLUMNS)
-    return _finish(out, "endless", write_results(runs, out, config), config, model=model.name)
+    return finish(out, "endless", write_results(runs, out, config), config, model=model.name)
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -195,12 +195,12 @@ def _chat(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SinkchatError(f"cannot read the prompts {args.prompts}: {exc}") from None
     out = output_dir(args.out)
-    with _model(args) as model:
+    with open_model(args) as model:
         n_ctx = {p: cache_size(model, p, config) for p in config.policies}
         print(f"{model.name} · {2 * len(prompts)} turns per policy · cache {config.n_ctx} · {config.threads} threads")
         results = run_chat(model, config, prompts, progress=not args.quiet)
     _print_table([summary(p, t, n_ctx[p]) for p, t in results.items()], COLUMNS)
-    return _finish(out, "chat", write_results(results, out, config, n_ctx), config, model=model.name)
+    return finish(out, "chat", write_results(results, out, config, n_ctx), config, model=model.name)
 
 
 def _speed(args: argparse.Namespace) -> int:
@@ -209,9 +209,9 @@ def _speed(args: argparse.Namespace) -> int:
 
     config = SpeedConfig(n_ctx=tuple(args.n_ctx), decode_tokens=args.tokens, repeats=args.repeats, **_threads(args))
     out = output_dir(args.out)
-    with _model(args) as model:
+    with open_model(args) as model:
         print(f"{model.name} · {config.threads} threads · median of {config.repeats}")
         decode, shifts = run_speed(model, config, progress=not args.quiet)
     _print_table([decode], DECODE_COLUMNS)
     _print_table(shifts, SHIFT_COLUMNS)
-    return _finish(out, "speed", write_results(decode, shifts, out), config, model=model.name)
+    return finish(out, "speed", write_results(decode, shifts, out), config, model=model.name)

@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_cli.add_parser(sub)
 
+    from sinkchat import sinks_cli
+
+    sinks_cli.add_parser(sub)
+
     config = sub.add_parser("config", help="the settings file", description="Show or create the settings file.")
     config.add_argument(
         "action",
@@ -340,6 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sinkchat import bench_cli
 
             return bench_cli.run(args)
+        if args.command == "sinks":
+            from sinkchat import sinks_cli
+
+            return sinks_cli.run(args)
         return _sessions(args) if args.command == "sessions" else _config(args)
     except KeyboardInterrupt:
         return 130

@@ -34,7 +34,7 @@ def available() -> bool:
     return True
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +48,7 @@ def color(label: str) -> str | None:
     return COLORS.get(label.split("=")[0].split(" ")[0])
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path)
     import matplotlib.pyplot as plt
@@ -74,7 +74,7 @@ def ppl_plots(runs: Sequence[Run], out: Path, config: PplConfig) -> dict[str, Pa
         return {}
     from sinkchat.bench.ppl import smooth
 
-    plt = _pyplot()
+    plt = pyplot()
     longest = max((r.tokens for r in runs), default=0)
     span = max(config.n_ctx * 2, longest // 100)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
@@ -105,7 +105,7 @@ def ppl_plots(runs: Sequence[Run], out: Path, config: PplConfig) -> dict[str, Pa
     bottom.set_ylabel("process RSS (MiB)")
     bottom.set_xlabel("input length (tokens)")
     bottom.set_ylim(bottom=0)
-    files = {"plot": _save(fig, out / "ppl.png")}
+    files = {"plot": save(fig, out / "ppl.png")}
 
     if sweep:
         sinks = [r for r in runs if r.policy == "sinks"]
@@ -119,7 +119,7 @@ def ppl_plots(runs: Sequence[Run], out: Path, config: PplConfig) -> dict[str, Pa
         ax.set_xlabel("sink tokens kept")
         ax.set_ylabel("perplexity after the cache filled")
         ax.set_title(f"Perplexity against the number of sinks · cache {config.n_ctx}")
-        files["sweep"] = _save(fig, out / "ppl_sinks.png")
+        files["sweep"] = save(fig, out / "ppl_sinks.png")
     return files
 
 
@@ -136,7 +136,7 @@ def lines(
     if not available():
         log.warning(MISSING)
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.2))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, label=label, color=color(label), lw=1.2)
@@ -146,7 +146,7 @@ def lines(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def panels(
@@ -164,7 +164,7 @@ def panels(
     if not available():
         log.warning(MISSING)
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels) + 0.6), sharex=True)
     axes = list(axes) if len(panels) > 1 else [axes]
     for ax, (ylabel, series, logy) in zip(axes, panels, strict=True):
@@ -178,4 +178,4 @@ def panels(
     axes[0].legend(fontsize=8, ncol=3)
     axes[0].set_title(title)
     axes[-1].set_xlabel(xlabel)
-    return _save(fig, path)
+    return save(fig, path)

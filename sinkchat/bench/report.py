@@ -65,6 +65,9 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]])
 
 
 def _is_number(value: Any) -> bool:
+    """Numbers, and percentages already formatted ("12.5%"), are right-aligned."""
+    if isinstance(value, str):
+        return value.endswith("%")
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
