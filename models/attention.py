@@ -29,6 +29,18 @@ if TYPE_CHECKING:
 SOFTMAX_PREFIX = "kq_soft_max-"
 _PAD = 256
 """Context sizes are rounded up to this: llama.cpp pads its KV views the same way."""
+MAX_MAP_BYTES = 2 << 30
+"""The maps grow with the square of the text: past this, refuse rather than exhaust memory."""
+
+
+def map_bytes(n_layer: int, n_tokens: int) -> int:
+    """Host memory of one text's maps (float32, every layer)."""
+    return 4 * n_layer * n_tokens * n_tokens
+
+
+def max_tokens(n_layer: int) -> int:
+    """The longest text whose maps fit in :data:`MAX_MAP_BYTES`."""
+    return int((MAX_MAP_BYTES / (4 * n_layer)) ** 0.5)
 
 
 @dataclass
@@ -89,6 +101,11 @@ def capture_attention(model: LlamaModel, tokens: Sequence[int], *, threads: int 
     n = len(tokens)
     if n < 1:
         raise ValueError("no tokens to evaluate")
+    if map_bytes(model.n_layer, n) > MAX_MAP_BYTES:
+        raise ModelError(
+            f"the attention maps of {n:,} tokens over {model.n_layer} layers would take "
+            f"{map_bytes(model.n_layer, n) / 2**30:.1f} GiB; evaluate at most {max_tokens(model.n_layer):,} tokens"
+        )
     size = -(-n // _PAD) * _PAD
     options = LoadOptions(n_ctx=size, n_batch=size, n_ubatch=size, n_threads=threads, flash_attn="off")
     recorder = _Recorder(model.n_layer, n)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sinkchat.bench import sink_stats
+from sinkchat.bench import plots, sink_stats
 from sinkchat.bench.sink_stats import TokenKinds, layer_shares, recommend, top_kinds, top_positions
 from sinkchat.bench.sink_study import _heatmap_document, load_documents, shipped_documents
 from sinkchat.cli import main
@@ -131,6 +131,18 @@ def test_documents_from_files(tmp_path: Path) -> None:
         load_documents([], shipped=False)
 
 
+def test_capture_refuses_maps_that_would_not_fit_in_memory() -> None:
+    from types import SimpleNamespace
+
+    from models.attention import MAX_MAP_BYTES, capture_attention, map_bytes, max_tokens
+    from models.errors import ModelError
+
+    limit = max_tokens(30)
+    assert map_bytes(30, limit) <= MAX_MAP_BYTES < map_bytes(30, limit + 1)
+    with pytest.raises(ModelError, match=f"at most {limit:,} tokens"):
+        capture_attention(SimpleNamespace(n_layer=30, name="m"), [1] * (limit + 1))  # type: ignore[arg-type]
+
+
 def test_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sinks", "--doc", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "out")]) == 2
     assert "cannot read the document" in capsys.readouterr().err
@@ -186,7 +198,6 @@ def test_the_first_token_is_a_sink_beyond_the_first_layers(smollm2) -> None:
 
 @pytest.mark.slow
 def test_sinks_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sinkchat.bench import plots
     from sinkchat.bench.report import read_csv
 
     out = tmp_path / "sinks"
@@ -215,3 +226,17 @@ def test_sinks_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
             assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     assert main(["sinks", "-q", "--heatmap", "nope", "-o", str(out)]) == 2
     assert "no document named 'nope'" in capsys.readouterr().err
+    assert main(["sinks", "-q", "--max-tokens", "100000", "-o", str(out)]) == 2
+    assert "would not fit in memory; use at most 4,230" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_own_documents_and_hostile_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = tmp_path / "hostile.txt"
+    doc.write_text("\x1b[2J\x1b[31mRed alert. " + "The quick brown fox jumps over the lazy dog. " * 6, encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["sinks", "-q", "--only-docs", "--doc", str(doc), "--forms", "text", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed  # token text is shown escaped, never sent to the terminal raw
+    assert "hostile" in printed and "Recommended sink tokens:" in printed
+    assert (out / "sinks_heatmap_text.png").exists() == plots.available()

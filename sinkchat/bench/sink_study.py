@@ -167,8 +167,14 @@ def run_study(
     model: LlamaModel, docs: Sequence[SinkDocument], config: SinkStudyConfig, *, progress: bool = True
 ) -> StudyResult:
     """Capture every document in every form, shortest first, and reduce each to statistics."""
-    from models.attention import capture_attention
+    from models.attention import capture_attention, max_tokens
 
+    limit = min(config.max_tokens, model.n_ctx_train or config.max_tokens)
+    if limit > max_tokens(model.n_layer):
+        raise SinkchatError(
+            f"--max-tokens {limit:,} is too long for {model.name}'s {model.n_layer} layers: "
+            f"the attention maps would not fit in memory; use at most {max_tokens(model.n_layer):,}"
+        )
     lengths = {d.name: len(document_tokens(model, d, "text") or []) for d in docs}
     docs = sorted(docs, key=lambda d: lengths[d.name])
     heatmap_doc = _heatmap_document(docs, lengths, config.heatmap_document)
@@ -185,7 +191,7 @@ def run_study(
             bar.update(1, doc=doc.name, form=variant)
             if tokens is None:
                 continue
-            tokens = tokens[: config.max_tokens]
+            tokens = tokens[:limit]
             if len(tokens) <= config.from_query:
                 continue
             maps = capture_attention(model, tokens, threads=config.threads)
