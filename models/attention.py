@@ -74,17 +74,17 @@ class _Recorder:
 
     def _on_node(self, tensor: int, ask: bool, _user: int) -> bool:
         try:
-            wanted = tensor_name(tensor).startswith(SOFTMAX_PREFIX)
+            name = tensor_name(tensor)
+            wanted = name.startswith(SOFTMAX_PREFIX)
             if ask or not wanted:
                 return wanted if ask else True
-            self._keep(tensor)
+            self._keep(int(name[len(SOFTMAX_PREFIX) :]), tensor)
         except BaseException as exc:  # an exception must not unwind through C
             if self.error is None:
                 self.error = exc
         return True
 
-    def _keep(self, tensor: int) -> None:
-        layer = int(tensor_name(tensor)[len(SOFTMAX_PREFIX) :])
+    def _keep(self, layer: int, tensor: int) -> None:
         probs = read_f32(tensor)  # C order: (streams, heads, queries, cache cells)
         n = self.n_tokens
         if probs.shape[-2] != n or probs.shape[-1] < n:

@@ -57,12 +57,6 @@ def tensor_name(tensor: int) -> str:
     return name.decode("utf-8", errors="replace") if name else ""
 
 
-def tensor_shape(tensor: int) -> tuple[int, ...]:
-    """``ne`` in ggml order: the fastest-moving dimension first."""
-    head = _TensorHead.from_address(tensor)
-    return tuple(int(n) for n in head.ne)
-
-
 def read_f32(tensor: int) -> np.ndarray:
     """A host copy of a contiguous f32 tensor, shaped in C order (``ne`` reversed).
 

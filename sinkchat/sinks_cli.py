@@ -44,10 +44,11 @@ def _pct(value: float) -> str:
 
 def layer_rows(study: StudyResult) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Per layer: the shares of the plain text, and the chat form's first-token and special shares."""
+    from sinkchat.bench.sink_stats import SINK_COUNTS
     from sinkchat.bench.sink_study import layer_means
 
-    main = "text" if study.of("text") else study.variants[0]
-    columns = [("layer", "layer")] + [(f"first_{k}", f"first {k}") for k in (1, 2, 4, 8)]
+    main = study.main_variant
+    columns = [("layer", "layer")] + [(f"first_{k}", f"first {k}") for k in SINK_COUNTS]
     columns += [("punctuation", "punct."), ("local", "self+prev"), ("top_first", "top=first")]
     rows = [{k: (_pct(v) if k != "layer" else v) for k, v in row.items()} for row in layer_means(study.of(main))]
     if study.of("chat") and main != "chat":
@@ -69,7 +70,7 @@ def document_table(study: StudyResult) -> tuple[list[dict[str, Any]], list[tuple
             if key.endswith(("_first", "_top_first")) or key == "even":
                 row[key] = _pct(row[key])
     columns += [(f"{v}_first", f"{v}: first") for v in study.variants]
-    columns += [("even", "even share"), (f"{study.variants[0]}_top_first", "top=first")]
+    columns += [("even", "even share"), (f"{study.main_variant}_top_first", "top=first")]
     return rows, columns
 
 
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     rows, columns = layer_rows(study)
     print(f"\nShare of a query's attention, mean over documents (queries from position {config.from_query} on):")
     print(table(rows, columns))
-    even = layer_means(study.of(study.variants[0]))[0]
+    even = layer_means(study.of(study.main_variant))[0]
     print(
         f"Spread evenly, a query would give {_pct(even['even'])} to the first token "
         f"and {_pct(even['punctuation_even'])} to punctuation."
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     print(table(rows, columns))
     rec = recommendation(study)
     kinds = ", ".join(f"{k} {_pct(v)}" for k, v in _kinds(study).items())
-    print(f"\nMost attended key ({study.variants[0]}): {kinds}")
+    print(f"\nMost attended key ({study.main_variant}): {kinds}")
     print(
         f"Recommended sink tokens: {rec.sinks} (they hold {rec.captured:.0%} of the attention the first 8 "
         f"positions draw beyond an even share; first 1/2/4/8 take "

@@ -113,7 +113,6 @@ class Heatmap:
 @dataclass
 class StudyResult:
     model: str
-    n_layer: int
     add_bos: bool
     bos: str | None
     config: SinkStudyConfig
@@ -126,6 +125,12 @@ class StudyResult:
     @property
     def variants(self) -> list[Variant]:
         return [v for v in VARIANTS if self.of(v)]
+
+    @property
+    def main_variant(self) -> Variant:
+        """The plain text when it was read (forms keep :data:`VARIANTS` order): what the model
+        does with a first token that means nothing special."""
+        return self.variants[0]
 
 
 def document_tokens(model: LlamaModel, doc: SinkDocument, variant: Variant) -> list[int] | None:
@@ -183,7 +188,7 @@ def run_study(
     if bad:
         raise SinkchatError(f"{model.name} has layers 0–{model.n_layer - 1}; cannot draw layers {bad}")
     bos = model.token_text(model.bos) if model.bos >= 0 else None
-    study = StudyResult(model.name, model.n_layer, model.add_bos, bos, config)
+    study = StudyResult(model.name, model.add_bos, bos, config)
     jobs = [(d, v) for d in docs for v in config.variants]
     with Progress(len(jobs), "documents", enabled=progress, unit="doc") as bar:
         for doc, variant in jobs:
@@ -231,9 +236,7 @@ def layer_means(results: Sequence[DocumentResult]) -> list[dict[str, Any]]:
 
 
 def recommendation(study: StudyResult) -> sink_stats.Recommendation:
-    """From the plain text: what the model does with a first token that means nothing special."""
-    variant = "text" if study.of("text") else study.variants[0]
-    return sink_stats.recommend(layer_means(study.of(variant)), study.config.threshold)
+    return sink_stats.recommend(layer_means(study.of(study.main_variant)), study.config.threshold)
 
 
 def first_share(results: Sequence[DocumentResult], skip_layers: int = 0) -> float:
@@ -314,12 +317,13 @@ def write_results(study: StudyResult, out: Path) -> dict[str, Path | None]:
         for i, count in enumerate(sum(r.top_positions for r in study.of(v)))
     ]
     rec = recommendation(study)
+    kinds = kind_rows(study)
     files: dict[str, Path | None] = {
         "layers": write_csv(out / "sinks_layers.csv", per_layer),
         "summary": write_csv(out / "sinks_summary.csv", means),
         "documents": write_csv(out / "sinks_documents.csv", document_rows(study)),
         "top": write_csv(out / "sinks_top.csv", top),
-        "top_kinds": write_csv(out / "sinks_top_kinds.csv", kind_rows(study)),
+        "top_kinds": write_csv(out / "sinks_top_kinds.csv", kinds),
         "recommendation": write_json(
             out / "sinks_recommendation.json",
             {
@@ -340,7 +344,7 @@ def write_results(study: StudyResult, out: Path) -> dict[str, Path | None]:
         files["layers_png"] = sink_plots.sink_layers(
             means, study.variants, out / "sinks_layers.png", title=study.model, baselines=baselines
         )
-        files["top_png"] = sink_plots.sink_top(top, kind_rows(study), out / "sinks_top.png", title=study.model)
+        files["top_png"] = sink_plots.sink_top(top, kinds, out / "sinks_top.png", title=study.model)
         for heat in study.heatmaps:
             files[f"heatmap_{heat.variant}"] = sink_plots.sink_heatmap(
                 heat, out / f"sinks_heatmap_{heat.variant}.png", title=study.model
