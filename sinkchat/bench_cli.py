@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     return handler(args)
 
 
-def _threads(args: argparse.Namespace) -> dict[str, Any]:
+def threads_option(args: argparse.Namespace) -> dict[str, Any]:
     return {"threads": args.threads} if args.threads else {}
 
 
@@ -132,7 +132,7 @@ def _ppl(args: argparse.Namespace) -> int:
         max_tokens=args.tokens,
         recompute_tokens=args.recompute_tokens,
         dense_ctx=args.dense_ctx,
-        **_threads(args),
+        **threads_option(args),
     )
     out = output_dir(args.out)
     text, source = load_text(args.text, min_chars=args.tokens * 6)
@@ -158,7 +158,7 @@ def _endless(args: argparse.Namespace) -> int:
         dense_ctx=args.dense_ctx,
         prompt=args.prompt or base.prompt,
         sampling=base.sampling.model_copy(update={"seed": args.seed}),
-        **_threads(args),
+        **threads_option(args),
     )
     out = output_dir(args.out)
     with open_model(args) as model:
@@ -188,7 +188,7 @@ def _chat(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         conversations=args.conversations,
         dense_ctx=args.dense_ctx,
-        **_threads(args),
+        **threads_option(args),
     )
     try:
         prompts = load_prompts(args.prompts)[: config.conversations]
@@ -207,7 +207,9 @@ def _speed(args: argparse.Namespace) -> int:
     from sinkchat.bench.report import output_dir
     from sinkchat.bench.speed import DECODE_COLUMNS, SHIFT_COLUMNS, SpeedConfig, run_speed, write_results
 
-    config = SpeedConfig(n_ctx=tuple(args.n_ctx), decode_tokens=args.tokens, repeats=args.repeats, **_threads(args))
+    config = SpeedConfig(
+        n_ctx=tuple(args.n_ctx), decode_tokens=args.tokens, repeats=args.repeats, **threads_option(args)
+    )
     out = output_dir(args.out)
     with open_model(args) as model:
         print(f"{model.name} · {config.threads} threads · median of {config.repeats}")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sinkchat.bench_cli import open_model, positive_int
+from sinkchat.bench_cli import open_model, positive_int, threads_option
 
 if TYPE_CHECKING:
     from sinkchat.bench.sink_study import StudyResult
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         from_query=args.from_query,
         heatmap_document=args.heatmap,
         heatmap_layers=tuple(args.layers) if args.layers else None,
-        **({"threads": args.threads} if args.threads else {}),
+        **threads_option(args),
     )
     docs = load_documents(args.doc, shipped=not args.only_docs)
     out = output_dir(args.out)

@@ -7,7 +7,6 @@ stay within a few percent of re-computing the window; memory stays flat.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +15,7 @@ import pytest
 
 from sinkchat.bench import corpus, fluency
 from sinkchat.bench.chat_bench import load_prompts
-from sinkchat.bench.report import table, write_csv
+from sinkchat.bench.report import read_csv, table, write_csv
 from sinkchat.bench.streams import CacheFull, open_stream
 from sinkchat.cli import main
 from sinkchat.layout import CacheLayout
@@ -35,14 +34,14 @@ DICKENS = (
 )
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+def _bench(name: str, model: Path, out: Path, options: str) -> int:
+    """``sinkchat bench NAME -m MODEL OPTIONS -o OUT -q``."""
+    return main(["bench", name, "-m", str(model), *options.split(), "-o", str(out), "-q"])
 
 
 def _summary(out: Path, bench: str) -> dict[str, dict[str, str]]:
     """The ``<bench>_summary.csv`` rows by policy."""
-    return {r["policy"]: r for r in _rows(out / f"{bench}_summary.csv")}
+    return {r["policy"]: r for r in read_csv(out / f"{bench}_summary.csv")}
 
 
 def _png(path: Path) -> None:
@@ -165,7 +164,7 @@ def test_table_and_csv(tmp_path: Path) -> None:
     text = table(rows, [("policy", "policy"), ("ppl", "PPL"), ("tokens", "tokens"), ("stopped", "")])
     assert "27.12" in text and "120,000" in text and text.splitlines()[1].startswith("-")
     path = write_csv(tmp_path / "x.csv", rows)
-    assert _rows(path) == [{"policy": "sinks", "ppl": "27.123", "tokens": "120000", "stopped": ""}]
+    assert read_csv(path) == [{"policy": "sinks", "ppl": "27.123", "tokens": "120000", "stopped": ""}]
 
 
 # -- slow: SmolLM2, end to end through the CLI ----------------------------------------------
@@ -174,26 +173,7 @@ def test_table_and_csv(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_ppl_end_to_end(smollm2_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ppl"
-    args = [
-        "bench",
-        "ppl",
-        "-m",
-        str(smollm2_path),
-        "-n",
-        "2400",
-        "-c",
-        "128",
-        "--chunk",
-        "16",
-        "--recompute-tokens",
-        "1200",
-        "--dense-ctx",
-        "512",
-        "-o",
-        str(out),
-        "-q",
-    ]
-    assert main(args) == 0
+    assert _bench("ppl", smollm2_path, out, "-n 2400 -c 128 --chunk 16 --recompute-tokens 1200 --dense-ctx 512") == 0
     printed = capsys.readouterr().out
     assert "PPL after fill" in printed and "cache full at" in printed
     summary = _summary(out, "ppl")
@@ -222,27 +202,7 @@ def test_bench_ppl_end_to_end(smollm2_path: Path, tmp_path: Path, capsys: pytest
 @pytest.mark.slow
 def test_bench_ppl_sink_sweep(smollm2_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    args = [
-        "bench",
-        "ppl",
-        "-m",
-        str(smollm2_path),
-        "-n",
-        "900",
-        "-c",
-        "96",
-        "--chunk",
-        "16",
-        "--policies",
-        "sinks",
-        "--sink-sweep",
-        "0",
-        "4",
-        "-o",
-        str(out),
-        "-q",
-    ]
-    assert main(args) == 0
+    assert _bench("ppl", smollm2_path, out, "-n 900 -c 96 --chunk 16 --policies sinks --sink-sweep 0 4") == 0
     summary = _summary(out, "ppl")
     assert set(summary) == {"sinks=0", "sinks=4"}
     assert float(summary["sinks=0"]["ppl_after_fill"]) > 1.5 * float(summary["sinks=4"]["ppl_after_fill"])
@@ -252,22 +212,7 @@ def test_bench_ppl_sink_sweep(smollm2_path: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_endless_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "endless"
-    args = [
-        "bench",
-        "endless",
-        "-m",
-        str(smollm2_path),
-        "-n",
-        "240",
-        "-c",
-        "64",
-        "--dense-ctx",
-        "128",
-        "-o",
-        str(out),
-        "-q",
-    ]
-    assert main(args) == 0
+    assert _bench("endless", smollm2_path, out, "-n 240 -c 64 --dense-ctx 128") == 0
     summary = _summary(out, "endless")
     assert set(summary) == {"dense", "window", "sinks", "recompute"}
     assert "cache full" in summary["dense"]["stopped"] and int(summary["dense"]["tokens"]) < 128
@@ -277,7 +222,7 @@ def test_bench_endless_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
         assert float(row["median_ms"]) <= float(row["p99_ms"]) <= float(row["max_ms"])
         text = (out / f"endless_{name}.txt").read_text()
         assert text.startswith("Chapter One") and len(text) > 400
-    series = [r for r in _rows(out / "endless_series.csv") if r["policy"] == "sinks"]
+    series = [r for r in read_csv(out / "endless_series.csv") if r["policy"] == "sinks"]
     assert len(series) == 240 // 32 and all(int(r["cached"]) <= 64 for r in series)
     _png(out / "endless.png")
 
@@ -285,31 +230,14 @@ def test_bench_endless_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_chat_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "chat"
-    args = [
-        "bench",
-        "chat",
-        "-m",
-        str(smollm2_path),
-        "-c",
-        "160",
-        "--max-tokens",
-        "40",
-        "--conversations",
-        "3",
-        "--dense-ctx",
-        "200",
-        "-o",
-        str(out),
-        "-q",
-    ]
-    assert main(args) == 0
+    assert _bench("chat", smollm2_path, out, "-c 160 --max-tokens 40 --conversations 3 --dense-ctx 200") == 0
     summary = _summary(out, "chat")
     assert set(summary) == {"dense", "window", "sinks", "half-discard", "truncate"}
     assert all(int(r["turns"]) == 6 for r in summary.values())
     assert int(summary["dense"]["context_full"]) > 0  # the dense history outgrew its cache
     for name in ("window", "sinks", "half-discard", "truncate"):
         assert int(summary[name]["context_full"]) == 0 and int(summary[name]["max_cached"]) <= 160
-    turns = [r for r in _rows(out / "chat_turns.csv") if r["policy"] == "sinks"]
+    turns = [r for r in read_csv(out / "chat_turns.csv") if r["policy"] == "sinks"]
     assert [int(r["turn"]) for r in turns] == list(range(1, 7))
     assert all(r["reply"].strip() and r["outcome"] in ("ok", "failed", "repeated") for r in turns)
     _png(out / "chat.png")
@@ -318,11 +246,10 @@ def test_bench_chat_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_speed_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "speed"
-    args = ["bench", "speed", "-m", str(smollm2_path), "-c", "256", "-n", "16", "--repeats", "1", "-o", str(out), "-q"]
-    assert main(args) == 0
-    decode = _rows(out / "speed_decode.csv")[0]
+    assert _bench("speed", smollm2_path, out, "-c 256 -n 16 --repeats 1") == 0
+    decode = read_csv(out / "speed_decode.csv")[0]
     assert float(decode["sinkchat_tok_s"]) > 0 and float(decode["create_completion_tok_s"]) > 0
-    (shift,) = _rows(out / "speed_shift.csv")
+    (shift,) = read_csv(out / "speed_shift.csv")
     # Re-prefilling 192 kept tokens costs far more than shifting them.
     assert float(shift["reprefill_over_shift"]) > 2
     _png(out / "speed.png")
