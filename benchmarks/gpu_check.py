@@ -72,8 +72,7 @@ def snapshot_round_trip(path: Path, n_gpu_layers: int, n_ctx: int) -> dict[str, 
         out["resume_tokens"] = resumed.resume_tokens
         logits = []
         for chat in (original, fresh):
-            turn = chat._turns.user(list(chat.messages), probe)
-            chat.engine.feed(chat.model.tokenize(turn.message + turn.generation_prompt), "user", chat._group + 1)
+            chat._feed_user(chat._group + 1, probe)
             logits.append(chat.context.logits())
         out["kl"] = kl(*logits)
         out["max_abs"] = float(np.abs(logits[0] - logits[1]).max())

@@ -15,7 +15,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from models.errors import ModelError
 
-# Used when a GGUF carries no template: ChatML, the most common format for small chat models.
+# ChatML, the most common format for small chat models (tests and benches use it as a plain example).
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -32,22 +32,22 @@ def _raise_exception(message: str) -> None:
     raise TemplateError(f"the model's chat template refused the chat: {message}")
 
 
-def _strftime_now(fmt: str) -> str:
-    return datetime.datetime.now().strftime(fmt)
-
-
 class ChatTemplate:
     """Renders a message list the way the model was trained to read it."""
 
-    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
+    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "", name: str = "template") -> None:
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
+        self.name = name
+        """Where it came from, for messages: ``the GGUF's``, a shipped name, a file name."""
+        self._now = datetime.datetime.now()
+        """Rendering time, fixed per template: a date it prints (Llama 3.2) must not change under a pinned prompt."""
 
     @cached_property
     def _template(self) -> jinja2.Template:
         env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True)
-        env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+        env.globals.update(raise_exception=_raise_exception, strftime_now=self._now.strftime)
         try:
             return env.from_string(self.source)
         except jinja2.TemplateError as exc:

@@ -48,7 +48,8 @@ class LlamaContext(NativeHandle):
         params.flash_attn_type = _FLASH[options.flash_attn]
         params.type_k = GGML_TYPE_IDS[options.type_k]
         params.type_v = GGML_TYPE_IDS[options.type_v]
-        params.swa_full = options.swa_full
+        if options.swa_full is not None:  # else llama.cpp's own default (a full-size SWA cache)
+            params.swa_full = options.swa_full
         params.offload_kqv = options.offload_kqv
         params.no_perf = True
         self._eval_callback = eval_callback
@@ -68,6 +69,9 @@ class LlamaContext(NativeHandle):
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
         self.n_batch = options.n_batch
         self.n_threads = threads
+        self.n_swa = int(llama_cpp.llama_model_n_swa(model.ptr))
+        """The sliding window of the model's SWA layers (0: none)."""
+        self.swa_full = bool(params.swa_full)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.n_vocab = model.n_vocab
 
@@ -134,7 +138,20 @@ class LlamaContext(NativeHandle):
         self._lib.llama_memory_seq_add(self.memory, SEQ, p0, p1, delta)
 
     def pos_min(self) -> int:
+        """Smallest cached position: above 0 only once a sliding-window cache forgot old ones."""
         return int(self._lib.llama_memory_seq_pos_min(self.memory, SEQ))
+
+    def has_history(self, pos: int) -> bool:
+        """True when the cache still holds every position a token at ``pos`` attends to.
+
+        A small sliding-window cache reuses the cells of positions out of its window, so
+        after cutting its tail it cannot continue from a point whose window is gone
+        (llama-server makes the same check before reusing a prompt).
+        """
+        if not self.n_swa:
+            return True
+        low = self.pos_min()
+        return pos == 0 if low < 0 else low <= max(0, pos - self.n_swa)
 
     def pos_max(self) -> int:
         """Largest cached position, -1 when empty."""

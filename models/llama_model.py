@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from models import llama_log
-from models.chat_template import CHATML_TEMPLATE, ChatTemplate
+from models.chat_template import ChatTemplate
 from models.errors import ModelError, ModelLoadError, UnsupportedModelError
 from models.gguf_meta import GGUFInfo, read_gguf
 from models.native import NativeHandle
@@ -145,15 +145,16 @@ class LlamaModel(NativeHandle):
     def token_text(self, token: int) -> str:
         return self.token_to_piece(token, special=True).decode("utf-8", errors="replace")
 
-    def chat_template(self) -> ChatTemplate:
-        """The template from the GGUF metadata, or ChatML when the file has none."""
-        source = self.info.chat_template
+    def chat_template(self, *, source: str | None = None, name: str | None = None) -> ChatTemplate | None:
+        """The template from the GGUF metadata (None for a base model without one), or ``source`` instead."""
         if source is None:
-            log.info("%s has no chat template; using ChatML", self.path.name)
-            source = CHATML_TEMPLATE
+            source = self.info.chat_template
+            if source is None:
+                return None
+            name = name or "the GGUF's own"
         bos = self.token_text(self.bos) if self.bos >= 0 else ""
         eos = self.token_text(self.eos) if self.eos >= 0 else ""
-        return ChatTemplate(source, bos_token=bos, eos_token=eos)
+        return ChatTemplate(source, bos_token=bos, eos_token=eos, name=name or "template")
 
     def _free(self, ptr: object) -> None:
         self._lib.llama_model_free(ptr)

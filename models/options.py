@@ -45,6 +45,7 @@ class LoadOptions(BaseModel):
     type_k: KVCacheType = "f16"
     type_v: KVCacheType = "f16"
     use_mmap: bool = True
-    swa_full: bool = False
-    """Full-size cache for sliding-window-attention layers: needed before such models can shift."""
+    swa_full: bool | None = None
+    """Full-size cache for sliding-window-attention layers, so such models can shift.  None: decided
+    per model by :func:`models.swa.choose_swa_full` in ``Chat.load`` (llama.cpp's default elsewhere)."""
     offload_kqv: bool = True

@@ -14,6 +14,7 @@ One reply runs at a time; ``cancel()`` may be called from any thread.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from models.chat_template import ChatTemplate
 from models.default_model import INSTALL_HINT, default_model_path
 from models.device import describe_placement
 from models.errors import ModelFileError
@@ -30,15 +32,18 @@ from models.llama_context import LlamaContext
 from models.llama_model import LlamaModel
 from models.options import LoadOptions
 from models.sampler import Sampler, SamplingSettings
+from models.swa import choose_swa_full
+from models.templates import load_chat_template
+from sinkchat.chat_format import ChatFormat, ChatFormatError, Span, UserTurn
 from sinkchat.config import MIN_WINDOW, SinkSettings
 from sinkchat.engine import SinkEngine
-from sinkchat.errors import BusyError, ContextTooSmallError, SinkchatError
+from sinkchat.errors import BusyError, ContextTooSmallError, NoChatTemplateError, SinkchatError
 from sinkchat.layout import CacheLayout, Role, Segment
 from sinkchat.policy import SinkPolicy
 from sinkchat.snapshot import CacheState, SegmentState
 from sinkchat.stats import ChatStats, process_rss
 from sinkchat.text_stream import StopMatcher, Utf8Joiner
-from sinkchat.turns import Message, TurnRenderer, alternates
+from sinkchat.turns import Message, alternates
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +97,9 @@ class Chat:
         sampling: SamplingSettings | None = None,
         n_ctx: int | None = None,
         owns_model: bool = True,
+        template: ChatTemplate | None = None,
     ) -> None:
+        """``template`` overrides the model's own chat template (``--chat-template``)."""
         self.model = model
         self.context = context
         self.sinks = sinks or SinkSettings()
@@ -109,7 +116,32 @@ class Chat:
         self.device = describe_placement(model.n_gpu_layers, model.n_layer)
         """Where the model runs, e.g. ``CPU`` or ``CUDA0 · 30/30 layers``."""
         self._can_shift = context.can_shift  # read once: stats must not call into llama.cpp from other threads
-        self._turns = TurnRenderer(model.chat_template().render)
+        self.template = template or model.chat_template()
+        self.template_spec: str | None = None
+        """The ``chat_template`` this chat was loaded with (a name or file), None for the model's own."""
+        """The chat template in use; None for a base model without one."""
+        self.format: ChatFormat | None = None
+        """How the template lays out turns; None when the model cannot chat turn by turn (see ``chat_problem``)."""
+        self.chat_problem: str | None = None
+        """Why ``send`` is refused (a base model, an unusable template); ``generate`` still works."""
+        self.notes: list[str] = []
+        """What sinkchat decided for this model that a user should know (SWA cache, system prompt placement)."""
+        if self.template is None:
+            self.chat_problem = (
+                f"{model.name} has no chat template: it looks like a base model, which continues text "
+                "rather than chatting. Give a template with --chat-template NAME|FILE to chat with it anyway."
+            )
+        else:
+            try:
+                self.format = ChatFormat(self.template.render)
+                self.format.check()
+                self.notes += self.format.notes
+            except ChatFormatError as exc:
+                self.format = None
+                self.chat_problem = (
+                    f"the chat template of {model.name} ({self.template.name}) cannot be used: {exc}. "
+                    "Give another with --chat-template NAME|FILE."
+                )
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.last_reply: ReplyInfo | None = None
@@ -130,10 +162,13 @@ class Chat:
         keep_system_prompt: bool = True,
         discard: int | None = None,
         sampling: SamplingSettings | dict[str, Any] | None = None,
+        chat_template: str | Path | None = None,
         **llama_options: Any,
     ) -> Chat:
         """Load a GGUF model (default: the embedded SmolLM2) and start a chat.
 
+        ``chat_template`` replaces the model's own template: a file, or a name from
+        ``models.templates`` (``chatml``, ``llama-3.2``, ``gemma-3`` ...).
         ``llama_options`` are :class:`models.options.LoadOptions` fields: ``n_gpu_layers``,
         ``n_threads``, ``flash_attn``, ``type_k``, ``type_v``, ``n_batch`` ...
         """
@@ -144,13 +179,30 @@ class Chat:
         llama_model = LlamaModel(
             resolve_model_path(model), n_gpu_layers=options.n_gpu_layers, use_mmap=options.use_mmap
         )
+        swa = None
         try:
+            if options.swa_full is None:
+                swa = choose_swa_full(
+                    llama_model.info,
+                    n_ctx,
+                    n_ubatch=options.n_ubatch or options.n_batch,
+                    type_k=options.type_k,
+                    type_v=options.type_v,
+                )
+                options = options.model_copy(update={"swa_full": swa.swa_full})
             context = LlamaContext(llama_model, options)
         except BaseException:
             llama_model.close()
             raise
         try:
-            return cls(llama_model, context, sinks=sinks, system_prompt=system_prompt, sampling=sampling)
+            template = load_chat_template(chat_template, llama_model) if chat_template is not None else None
+            chat = cls(
+                llama_model, context, sinks=sinks, system_prompt=system_prompt, sampling=sampling, template=template
+            )
+            chat.template_spec = str(chat_template) if chat_template is not None else None
+            if swa is not None and swa.window is not None:
+                chat.notes.insert(0, swa.reason)
+            return chat
         except BaseException:
             context.close()
             llama_model.close()
@@ -161,13 +213,21 @@ class Chat:
     def reset(self, system_prompt: str | None = None) -> None:
         """Start a new conversation (optionally with another system prompt) in the same cache."""
         with self._exclusive():
-            opening = self._turns.opening(system_prompt)
-            at = self._turns.content_at(opening, system_prompt, self._turns.opening) if system_prompt else None
-            tokens = self._tokenize(opening, first=True, content=system_prompt, at=at)
+            keep, fmt = self.sinks.keep_system_prompt, self.format
+            opening = fmt.opening(system_prompt, pin_system=keep) if fmt else None
+            spans, folds = (list(opening.spans), opening.folds) if opening else ([], False)
+            tokens = self._span_tokens(spans, first=True)
             starts_with_bos = tokens[0] == self.model.bos if tokens else self.model.add_bos
             pin_target = self.sinks.sink_tokens + (1 if starts_with_bos and self.sinks.pin_bos else 0)
+            if fmt is not None and not folds and len(tokens) < pin_target:
+                # Sinks never reach into a message: a short opening takes the first turn's opening markup
+                # (dropped from later turns when they become the oldest), and only that much is pinned.
+                spans.append((fmt.user_open, False))
+                folds, tokens = True, self._span_tokens(spans, first=True)
+            if fmt is not None:
+                pin_target = min(pin_target, len(tokens))
             # The template's own default system prompt (if it injects one) is pinned like a given one.
-            pin = self.sinks.keep_system_prompt and bool(opening)
+            pin = bool(tokens) and (keep or folds)
             pinned = max(len(tokens) if pin else 0, pin_target)
             if self.n_ctx - pinned < MIN_WINDOW:
                 what = "the system prompt and sink tokens take" if pin else "the sink tokens take"
@@ -183,6 +243,10 @@ class Chat:
             self._group = 0
             self._first_group: int | None = None
             self._opening_len = len(tokens)
+            self._folds = folds
+            """The pins end with the first user turn's opening (and the folded system prompt)."""
+            self._system_in_first_turn = bool(system_prompt and self.format and self.format.folds_system and not keep)
+            """The folded system prompt is not pinned: it goes into the chat's first user turn."""
             if tokens:
                 self.engine.feed(tokens, "system", 0, pin=pin, logits=False)
             self.system_prompt = system_prompt
@@ -205,12 +269,21 @@ class Chat:
             shifts=engine.shifts,
             evicted_tokens=engine.evicted_tokens,
             fallbacks=engine.fallbacks,
+            reread_tokens=engine.reread_tokens,
+            rereading=engine.rereading,
             can_shift=self._can_shift,
             tokens_per_second=tokens_per_second,
             prompt_tokens_per_second=reply.prompt_tokens_per_second if reply else None,
             last_shift_ms=shift * 1000 if shift is not None else None,
             rss_bytes=process_rss(),
         )
+
+    @property
+    def template_digest(self) -> str:
+        """Identity of the chat template in use ("" for none): a snapshot's turns were laid out by it."""
+        if self.template is None:
+            return ""
+        return hashlib.sha256(self.template.source.encode("utf-8")).hexdigest()[:16]
 
     @property
     def model_name(self) -> str:
@@ -238,7 +311,7 @@ class Chat:
             self._cancel.clear()
             group = self._group + 1
             started, start_n = time.perf_counter(), self.engine.n_cached
-            n_prompt = self._feed_user(group, self.messages, text, cancel=self._cancel)
+            n_prompt = self._feed_user(group, text, cancel=self._cancel)
             if n_prompt is None:
                 self.engine.truncate(min(start_n, self._group_cache_start(group)))
                 self.last_reply = ReplyInfo("cancelled", 0, 0, 0.0, time.perf_counter() - started)
@@ -259,16 +332,16 @@ class Chat:
             self._cancel.clear()
             group, started = self._group, time.perf_counter()
             self.messages.pop()
-            history, text = self.messages[:-1], self.messages[-1]["content"]
+            text = self.messages[-1]["content"]
             found = self.engine.layout.find("assistant", group)
             if found is not None and not found[1].cut:
                 self.engine.truncate(found[0])
-                prompt = self._tokenize(self._turns.user(history, text).generation_prompt)
+                prompt = self._tokenize(self._chat_format().generation)
                 self.engine.feed(prompt, "assistant", group)
                 n_prompt: int | None = len(prompt)
             else:
                 self.engine.truncate(self._group_cache_start(group))
-                n_prompt = self._feed_user(group, history, text)
+                n_prompt = self._feed_user(group, text)
             yield from self._reply(group, max_tokens, stop, n_prompt or 0, time.perf_counter() - started)
 
     def rebuild(self, system_prompt: str | None | object = KEEP) -> int:
@@ -286,13 +359,12 @@ class Chat:
             # Newest first, only as far back as fits: a days-long history is not tokenized whole.
             budget, used, first = self.engine.layout.window * 3 // 4, 0, len(pairs)
             while first > 0:
-                cost = len(self._exchange_tokens(base + history[: 2 * (first - 1)], *pairs[first - 1]))
+                cost = len(self._exchange_tokens(*pairs[first - 1]))
                 if used + cost > budget:
                     break
                 used, first = used + cost, first - 1
-            seen = base + history[: 2 * first]
             for group, (user, reply) in enumerate(pairs[first:], start=first + 1):
-                self._append_exchange(group, seen, user, reply)
+                self._append_exchange(group, user, reply)
             self.messages = base + history
             self._group = len(pairs)
             return len(pairs) - first
@@ -318,7 +390,8 @@ class Chat:
                 pin_target=layout.pin_target,
                 n_pinned=layout.n_pinned,
                 segments=[
-                    SegmentState(role=s.role, group=s.group, n_tokens=s.n_tokens, cut=s.cut) for s in layout.segments
+                    SegmentState(role=s.role, group=s.group, n_tokens=s.n_tokens, cut=s.cut, opener=s.opener)
+                    for s in layout.segments
                 ],
                 group=self._group,
                 first_group=self._first_group,
@@ -340,7 +413,7 @@ class Chat:
         self.reset(system_prompt)
         with self._exclusive():
             layout = CacheLayout(capacity=self.n_ctx, pin_target=state.pin_target, n_pinned=state.n_pinned)
-            layout.segments = [Segment(s.role, s.group, s.n_tokens, s.cut) for s in state.segments]
+            layout.segments = [Segment(s.role, s.group, s.n_tokens, s.cut, s.opener) for s in state.segments]
             if layout.n_cached != len(state.tokens) or layout.n_cached > self.n_ctx:
                 raise SinkchatError("the snapshot's layout does not match its tokens")
             try:
@@ -362,9 +435,9 @@ class Chat:
             before = engine.n_cached + engine.evicted_tokens
             rest = messages[covered:]
             for i in range(0, len(rest) - 1, 2):
-                self._append_exchange(self._group + 1, seen, rest[i]["content"], rest[i + 1]["content"])
+                self._append_exchange(self._group + 1, rest[i]["content"], rest[i + 1]["content"])
                 self._group += 1
-            self.messages = seen
+            self.messages = seen + [{"role": m["role"], "content": m["content"]} for m in rest[: len(rest) // 2 * 2]]
             return engine.n_cached + engine.evicted_tokens - before
 
     @staticmethod
@@ -380,7 +453,7 @@ class Chat:
         with self._exclusive():
             self._cancel.clear()
             group = self._group + 1
-            tokens = self._tokenize(prompt, first=not self.engine.tokens, parse_special=False)
+            tokens = self._tokenize(prompt, first=not self.engine.tokens, literal=True)
             if not tokens and not self.engine.tokens:
                 if self.model.bos < 0:
                     raise ValueError("an empty prompt needs a model with a BOS token")
@@ -396,48 +469,70 @@ class Chat:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _chat_format(self) -> ChatFormat:
+        if self.format is None:
+            raise NoChatTemplateError(self.chat_problem or "this model cannot chat")
+        return self.format
+
+    def _has_exchange(self) -> bool:
+        return any(seg.role != "system" for seg in self.engine.layout.segments)
+
+    def _turn(self, group: int, text: str) -> UserTurn:
+        """The user turn as it goes into the cache now: after the pins it may not need its opening markup."""
+        first = not self._has_exchange()
+        folded = self._system_in_first_turn and first and group == (self._first_group or group)
+        return self._chat_format().user(
+            text, open=not (self._folds and first), system=self.system_prompt if folded else None
+        )
+
     def _feed_user(
         self,
         group: int,
-        history: Sequence[Message],
         text: str,
         *,
         cancel: threading.Event | None = None,
         logits: bool = True,
+        generation: bool = True,
     ) -> int | None:
-        """Feed a user turn and the reply's opening; the number of tokens, or None if cancelled."""
-        turn = self._turns.user(history, text)
-        at = self._turns.content_at(turn.message, text, lambda c: self._turns.user(history, c).message)
-        user_tokens = self._tokenize(turn.message, first=not self.engine.tokens, content=text, at=at)
-        prompt = self._tokenize(turn.generation_prompt)
+        """Feed a user turn (and the reply's opening); the number of tokens, or None if cancelled."""
+        turn = self._turn(group, text)
+        first = not self.engine.tokens
+        opener = self._tokenize(turn.open, first=first)
+        body = self._span_tokens(turn.body, first=first and not opener)
+        prompt = self._tokenize(turn.generation) if generation else []
+        need = len(opener) + len(body) + len(prompt)
+        # Room first: if that evicts every older exchange, this turn follows the pins (which open it, when folded).
+        self.engine.make_room(min(need, self.engine.chunk_size()), group)
+        if opener and self._folds and not self._has_exchange():
+            opener, need = [], need - len(opener)
         if self._first_group is None:
             self._first_group = group
-        if not self.engine.feed(user_tokens, "user", group, logits=logits and not prompt, cancel=cancel):
+        if opener:
+            self.engine.feed(opener, "user", group, opener=self._folds, logits=False)
+        if not self.engine.feed(body, "user", group, logits=logits and not prompt, cancel=cancel):
             return None
         self.engine.feed(prompt, "assistant", group, logits=logits)
-        return len(user_tokens) + len(prompt)
+        return need
 
-    def _append_exchange(self, group: int, seen: list[Message], user: str, reply: str) -> None:
-        """Feed one finished exchange (no sampling) and record it in ``seen``."""
-        self._feed_user(group, seen, user, logits=False)
-        seen.append({"role": "user", "content": user})
-        closing = self._tokenize(self._turns.closing(seen))
-        self.engine.feed(self._literal(reply) + closing, "assistant", group, logits=False)
-        seen.append({"role": "assistant", "content": reply})
+    def _append_exchange(self, group: int, user: str, reply: str) -> None:
+        """Feed one finished exchange (no sampling), the reply in its history form."""
+        self._feed_user(group, user, logits=False, generation=False)
+        form = self._chat_format().reply(reply)
+        self.engine.feed(self._span_tokens(form.spans), "assistant", group, logits=False)
 
-    def _exchange_tokens(self, history: Sequence[Message], user: str, reply: str) -> list[int]:
+    def _exchange_tokens(self, user: str, reply: str) -> list[int]:
         """The tokens of one whole exchange (a good estimate of its size in the cache)."""
-        turn = self._turns.user(history, user)
-        closing = self._turns.closing([*history, {"role": "user", "content": user}])
-        return (
-            self._tokenize(turn.message, content=user)
-            + self._tokenize(turn.generation_prompt)
-            + self._literal(reply)
-            + self._tokenize(closing)
-        )
+        fmt = self._chat_format()
+        turn = fmt.user(user)
+        return self._tokenize(turn.open) + self._span_tokens(turn.body) + self._span_tokens(fmt.reply(reply).spans)
 
-    def _literal(self, text: str) -> list[int]:
-        return self.model.tokenize(text, parse_special=False) if text else []
+    def _span_tokens(self, spans: Sequence[Span], *, first: bool = False) -> list[int]:
+        """Tokens of template pieces: markup parsed for special tokens, literal text kept as text."""
+        tokens: list[int] = []
+        for text, literal in spans:
+            if text:
+                tokens += self._tokenize(text, first=first and not tokens, literal=literal)
+        return tokens
 
     def _reply(
         self, group: int, max_tokens: int | None, stop: Sequence[str], n_prompt: int, prompt_seconds: float
@@ -447,9 +542,45 @@ class Chat:
         try:
             yield from self._stream("assistant", group, pieces, max_tokens, stop, True, n_prompt, prompt_seconds)
         finally:
-            self.messages.append({"role": "assistant", "content": "".join(pieces)})
-            closing = self._tokenize(self._turns.closing(self.messages[:-1]))
+            content = "".join(pieces)
+            self.messages.append({"role": "assistant", "content": content})
+            self._close_reply(group, content)
+
+    def _close_reply(self, group: int, content: str) -> None:
+        """Leave the reply in the cache as the template renders it once another turn follows.
+
+        Usually that is the generated tokens and the closing markup.  Where the template
+        strips reasoning, trims, opens earlier replies differently or a stop string cut the
+        text, the tokens from the first difference on are replaced (only those are read).
+        """
+        fmt = self._chat_format()
+        form = fmt.reply(content)
+        closing = self._tokenize(form.close)
+        found = self.engine.layout.find("assistant", group)
+        if found is None or found[1].cut:  # the reply's start was evicted: close it where it stands
             self.engine.feed(closing, "assistant", group, logits=False)
+            return
+        start = found[0]
+        if form.open != fmt.generation:
+            self.engine.truncate(start)
+            self.engine.feed(self._span_tokens(form.spans), "assistant", group, logits=False)
+            return
+        keep = start + len(self._tokenize(fmt.generation))
+        target = form.content.encode("utf-8")
+        pos, ends = 0, [(keep, 0)]
+        for token in self.engine.tokens[keep:]:
+            piece = self.model.token_to_piece(token)
+            if not piece or not target.startswith(piece, pos):
+                break
+            pos += len(piece)
+            ends.append((ends[-1][0] + 1, pos))
+        while ends[-1][1] < len(target) and (target[ends[-1][1]] & 0xC0) == 0x80:
+            ends.pop()  # a token ended inside a character that differs later: read that character again
+        keep, pos = ends[-1]
+        if keep < self.engine.n_cached:
+            self.engine.truncate(keep)
+        rest = target[pos:].decode("utf-8")
+        self.engine.feed(self._span_tokens(((rest, True), (form.close, False))), "assistant", group, logits=False)
 
     def _group_cache_start(self, group: int) -> int:
         """Cache position of the first token of ``group`` that is still cached."""
@@ -509,34 +640,17 @@ class Chat:
             self._live = None
             self.last_reply = ReplyInfo(finish, n, prompt_tokens, time.perf_counter() - started, prompt_seconds)
 
-    def _tokenize(
-        self,
-        text: str,
-        *,
-        first: bool = False,
-        parse_special: bool = True,
-        content: str | None = None,
-        at: int | None = None,
-    ) -> list[int]:
+    def _tokenize(self, text: str, *, first: bool = False, literal: bool = False) -> list[int]:
         """Template text to tokens; BOS is added only at the very start, and only if the template did not.
 
-        ``content`` (found at ``at``, else searched for) is the part of ``text`` that a
-        person typed: it is read literally, so a pasted ``<|im_end|>`` stays text and
-        cannot break the chat's structure.
+        ``literal`` text (what a person typed, what the model wrote) is read without
+        parsing special markers, so a pasted ``<|im_end|>`` stays text and cannot break
+        the chat's structure.
         """
         if not text:
             return []
         add_bos = first and self.model.add_bos and not text.startswith(self.model.token_text(self.model.bos))
-        if content and parse_special and at is None:
-            at = text.find(content)
-        if not content or not parse_special or at is None or at < 0:
-            return self.model.tokenize(text, add_special=add_bos, parse_special=parse_special)
-        head, tail = text[:at], text[at + len(content) :]
-        return (
-            (self.model.tokenize(head, add_special=add_bos) if head or add_bos else [])
-            + self.model.tokenize(content, parse_special=False)
-            + (self.model.tokenize(tail) if tail else [])
-        )
+        return self.model.tokenize(text, add_special=add_bos, parse_special=not literal)
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:

@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a saved session: its id, a unique prefix of it, or last (the default)",
     )
     run.add_argument("-s", "--system", metavar="TEXT", help="system prompt")
+    run.add_argument(
+        "--chat-template",
+        metavar="NAME|FILE",
+        help="chat template to use instead of the model's own (a Jinja file, or a name: sinkchat models templates)",
+    )
     run.add_argument("-c", "--n-ctx", type=int, metavar="N", help="KV-cache size in tokens (default 4096)")
     run.add_argument("--sink-tokens", type=int, metavar="N", help="attention-sink tokens kept (default 4)")
     run.add_argument(
@@ -196,6 +201,8 @@ def given_settings(args: argparse.Namespace) -> frozenset[str]:
         given.add("n_ctx")
     if args.system is not None:
         given.add("system_prompt")
+    if getattr(args, "chat_template", None) is not None:
+        given.add("chat_template")
     if any(getattr(args, name) is not None for name in SAMPLING_ARGS):
         given.add("sampling")
     return frozenset(given)
@@ -209,7 +216,9 @@ def _run(args: argparse.Namespace) -> int:
     library = library_for(settings)
     if library.store.recovery:
         print(f"sinkchat: {library.store.recovery}", file=sys.stderr)
-    plan = plan_open(library, settings, model=args.model, resume=args.resume, given=given)
+    plan = plan_open(
+        library, settings, model=args.model, resume=args.resume, given=given, chat_template=args.chat_template
+    )
     if not args.plain and sys.stdin.isatty() and sys.stdout.isatty():
         tui = _frontend("tui")
         if tui is not None:

@@ -4,7 +4,10 @@ Every append asks the policy for room first.  An eviction is a context shift: re
 range with ``seq_rm`` and slide the tail back with ``seq_add`` (llama.cpp re-rotates the
 keys), so positions stay contiguous and the sinks sit right before the recent tokens.
 When the cache cannot shift (M-RoPE, SWA without a full cache, recurrent models) the kept
-tokens are evaluated again instead, and the fallback is counted.
+tokens are evaluated again instead, and the fallback is counted; ``rereading`` reports its
+progress so a UI can show it rather than freeze.  A sliding-window cache also forgets old
+positions on its own: a tail can then be cut but not continued from (the window before the
+cut is gone), and everything is read again from the start.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ class KVContext(Protocol):
     def seq_rm(self, p0: int, p1: int) -> bool: ...
     def seq_add(self, p0: int, p1: int, delta: int) -> None: ...
     def clear(self) -> None: ...
+    def has_history(self, pos: int) -> bool:
+        """True when the cache still holds every position a token at ``pos`` attends to."""
+        ...
 
 
 class SinkEngine:
@@ -49,6 +55,10 @@ class SinkEngine:
         self.last_shift_seconds: float | None = None
         self.shift_pending = False
         """A shift llama.cpp applies at the next decode: until then a saved state would lose it."""
+        self.rereading: tuple[int, int] | None = None
+        """``(done, total)`` tokens while kept tokens are read again (a cache that cannot shift), else None."""
+        self.reread_tokens = 0
+        """Tokens read again so far, by fallbacks: the cost a shift would have avoided."""
 
     @property
     def n_cached(self) -> int:
@@ -65,6 +75,7 @@ class SinkEngine:
         group: int,
         *,
         pin: bool = False,
+        opener: bool = False,
         logits: bool | Literal["all"] = True,
         cancel: threading.Event | None = None,
     ) -> bool:
@@ -91,7 +102,7 @@ class SinkEngine:
                 mode = "all" if logits == "all" else "last" if logits and last else "none"
                 self.ctx.decode(chunk, at, mode)
                 self.shift_pending = False
-                self.layout.append(role, group, len(chunk), pin=pin)
+                self.layout.append(role, group, len(chunk), pin=pin, opener=opener)
                 self.tokens.extend(chunk)
             except BaseException:
                 # A failed or interrupted step must not leave the cache and the mirror apart.
@@ -133,20 +144,30 @@ class SinkEngine:
         del self.tokens[n_keep:]
         if self.layout.n_cached > n_keep:
             self.layout.truncate(n_keep)
-        if not self.ctx.seq_rm(n_keep, -1):
-            self.ctx.clear()
-            self.ctx.decode(self.tokens, 0, "none")
+        if not (self.ctx.seq_rm(n_keep, -1) and self.ctx.has_history(n_keep)):
             self.fallbacks += 1
+            self._read_again(0)
 
     def _reprefill(self, start: int) -> None:
         """Fallback for caches that cannot shift: evaluate the kept tokens again.
 
-        When a tail can still be removed, only the tokens after the pins are evaluated again.
+        When a tail can still be removed and continued from, only the tokens after the
+        pins are evaluated again; else everything is.
         """
         self.fallbacks += 1
-        if self.ctx.seq_rm(start, -1):
-            self.ctx.decode(self.tokens[start:], start, "none")
-        else:
+        self._read_again(start if self.ctx.seq_rm(start, -1) and self.ctx.has_history(start) else 0)
+
+    def _read_again(self, start: int) -> None:
+        """Evaluate ``tokens[start:]`` again, batch by batch, with ``rereading`` progress."""
+        if start == 0:
             self.ctx.clear()
-            self.ctx.decode(self.tokens, 0, "none")
-        log.info("cache cannot shift: re-evaluated %d kept tokens", len(self.tokens) - start)
+        todo = self.tokens[start:]
+        step = max(1, self.ctx.n_batch)
+        try:
+            for done in range(0, len(todo), step):
+                self.rereading = (done, len(todo))
+                self.ctx.decode(todo[done : done + step], start + done, "none")
+        finally:
+            self.rereading = None
+        self.reread_tokens += len(todo)
+        log.info("cache cannot shift: read %d kept tokens again", len(todo))

@@ -13,3 +13,7 @@ class ContextTooSmallError(SinkchatError):
 
 class BusyError(SinkchatError):
     """A reply is already being generated on this chat."""
+
+
+class NoChatTemplateError(SinkchatError):
+    """The model cannot chat turn by turn: a base model without a chat template, or a template sinkchat cannot follow."""

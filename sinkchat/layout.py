@@ -24,6 +24,13 @@ class Segment:
     n_tokens: int
     cut: bool = False
     """True once some of its oldest tokens were evicted: it is no longer whole."""
+    opener: bool = False
+    """The opening markup of a user turn, dropped when its exchange becomes the oldest cached one.
+
+    Templates that fold the system prompt into the first user turn keep that turn's
+    opening markup (with the system prompt) in the pins; the turn that follows evicted
+    ones must then lose its own, or the cache would open a user turn twice.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +80,12 @@ class CacheLayout:
     def free(self) -> int:
         return self.capacity - self.n_cached
 
-    def append(self, role: Role, group: int, n_tokens: int, *, pin: bool = False) -> None:
+    def append(self, role: Role, group: int, n_tokens: int, *, pin: bool = False, opener: bool = False) -> None:
         """Record ``n_tokens`` new tokens at the end of the cache.
 
         Tokens go to the pinned prefix while it is shorter than ``pin_target`` (or always,
-        with ``pin``); the rest extend the last segment when role and group match, or
-        start a new one.
+        with ``pin``); the rest extend the last segment when role, group and ``opener``
+        match, or start a new one.
         """
         if n_tokens < 0:
             raise ValueError("n_tokens must not be negative")
@@ -93,10 +100,10 @@ class CacheLayout:
         if n_tokens == 0:
             return
         last = self.segments[-1] if self.segments else None
-        if last is not None and last.role == role and last.group == group:
+        if last is not None and last.role == role and last.group == group and last.opener == opener:
             self.segments[-1] = replace(last, n_tokens=last.n_tokens + n_tokens)
         else:
-            self.segments.append(Segment(role=role, group=group, n_tokens=n_tokens))
+            self.segments.append(Segment(role=role, group=group, n_tokens=n_tokens, opener=opener))
 
     def apply(self, eviction: Eviction) -> None:
         """Drop the evicted range; the tail slides back so positions stay contiguous."""
@@ -151,6 +158,17 @@ class CacheLayout:
                 return pos
             pos += seg.n_tokens
         return None
+
+    def opener_at(self, pos: int) -> int:
+        """Size of the opener segment that starts at cache position ``pos`` (0 when none does)."""
+        at = self.n_pinned
+        for seg in self.segments:
+            if at == pos:
+                return seg.n_tokens if seg.opener else 0
+            if at > pos:
+                break
+            at += seg.n_tokens
+        return 0
 
     def group_sizes(self) -> list[tuple[int, int]]:
         """``(group, n_tokens)`` for each cached group after the pins, oldest first."""

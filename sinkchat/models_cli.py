@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pull = msub.add_parser("pull", help="download REPO[:QUANT] (default: the best fit) into the HF cache")
     pull.add_argument("ref", metavar="REPO[:QUANT]")
     pull.add_argument("-c", "--n-ctx", type=int, default=4096)
-    msub.add_parser("list", help="GGUF models on this machine")
+    msub.add_parser("list", help="GGUF models on this machine (base = no chat template)")
+    msub.add_parser("templates", help="chat templates shipped for --chat-template NAME, with their sources")
     rm = msub.add_parser("rm", help="delete a downloaded model")
     rm.add_argument("name", help="model name (as listed) or path")
     rm.add_argument("-y", "--yes", action="store_true", help="do not ask")
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         return _pull(args, out, err)
     if action == "list":
         return _list(out, err)
+    if action == "templates":
+        return _templates(out)
     return _rm(args, out, err)
 
 
@@ -155,8 +158,18 @@ def _list(out: TextIO, err: TextIO) -> int:
     for m in models:
         where = m.repo_id or m.source
         params = f"{m.parameters / 1e9:.2g}B · " if m.parameters else ""
-        state = m.problem or f"{params}{m.quantization or '?'} · {m.architecture or '?'} · shift {m.shift}"
+        base = " · base (no chat template)" if m.has_chat_template is False else ""
+        state = m.problem or f"{params}{m.quantization or '?'} · {m.architecture or '?'} · shift {m.shift}{base}"
         out.write(f"{inert_line(m.name):<44} {_size(m.size_bytes):>9}  {inert_line(where):<36} {inert_line(state)}\n")
+    return 0
+
+
+def _templates(out: TextIO) -> int:
+    from models.templates import catalog
+
+    for info in catalog().values():
+        aliases = f" (also: {', '.join(info.aliases)})" if info.aliases else ""
+        out.write(f"{info.name:<20} {info.models}{aliases}\n{'':<20} from {info.source}\n")
     return 0
 
 

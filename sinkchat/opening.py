@@ -41,13 +41,16 @@ def plan_open(
     model: Path | None = None,
     resume: str | None = None,
     given: frozenset[str] = frozenset(),
+    chat_template: str | None = None,
 ) -> OpenPlan:
     """Resolve ``resume`` (an id, a unique prefix or ``last``) and the model to load for it.
 
     ``given`` names the settings the user set explicitly this time (``n_ctx``,
-    ``system_prompt``, ``sampling``): those override what the session remembers.
+    ``system_prompt``, ``sampling``, ``chat_template``): those override what the session remembers.
     """
     options = settings.load_options()
+    if chat_template is not None:
+        options["chat_template"] = chat_template
     if resume is None:
         return OpenPlan(resolve_model_path(model or settings.model.default), options)
     sid = library.store.resolve(resume)
@@ -66,6 +69,8 @@ def plan_open(
             notes.append(f"the session's model {remembered} is missing; continuing with {path.name}")
     if "n_ctx" not in given and info.settings.n_ctx:
         options["n_ctx"] = max(info.settings.n_ctx, 64)
+    if "chat_template" not in given and info.settings.chat_template:
+        options["chat_template"] = info.settings.chat_template
     return OpenPlan(path, options, sid, notes)
 
 

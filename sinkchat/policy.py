@@ -71,6 +71,8 @@ class SinkPolicy:
                 break
             evicted += size
         if evicted >= required:
+            # The exchange that becomes the oldest loses its opening markup: the pins hold it (folded templates).
+            evicted += layout.opener_at(start + evicted)
             return Eviction(start=start, end=start + evicted, aligned=True)
 
         # Only the newest exchange is left and it alone is too long: cut inside it.

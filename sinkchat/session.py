@@ -321,6 +321,8 @@ class Session:
             sink_tokens=sinks.sink_tokens,
             keep_system_prompt=sinks.keep_system_prompt,
             llama_cpp=backend_version(),
+            chat_template=self.chat.template_digest,
+            swa_full=self.chat.context.swa_full,
         )
 
     def _model_identity(self) -> str:
@@ -569,7 +571,9 @@ def as_exchanges(stored: Sequence[StoredMessage]) -> list[dict[str, str]]:
 
 
 def _settings_of(chat: Chat) -> SessionSettings:
-    return SessionSettings(sampling=chat.sampling.model_dump(mode="json"), n_ctx=chat.n_ctx)
+    return SessionSettings(
+        sampling=chat.sampling.model_dump(mode="json"), n_ctx=chat.n_ctx, chat_template=chat.template_spec
+    )
 
 
 __all__ = ["Session", "SessionLibrary", "SessionLockedError"]

@@ -50,6 +50,8 @@ class Fingerprint(BaseModel):
     sink_tokens: int
     keep_system_prompt: bool
     llama_cpp: str = Field(description="llama-cpp-python version (the state format may change)")
+    chat_template: str = Field("", description="digest of the chat template that laid out the cached turns")
+    swa_full: bool = Field(False, description="full-size sliding-window cache (its cells are in the KV bytes)")
 
     def differences(self, other: Fingerprint) -> list[str]:
         """Human words for what differs, e.g. ``n_ctx 1024 → 512``."""
@@ -57,7 +59,12 @@ class Fingerprint(BaseModel):
         for name in type(self).model_fields:
             a, b = getattr(self, name), getattr(other, name)
             if a != b:
-                out.append("another model file" if name == "model" else f"{name} {a} → {b}")
+                if name == "model":
+                    out.append("another model file")
+                elif name == "chat_template":
+                    out.append("another chat template")
+                else:
+                    out.append(f"{name} {a} → {b}")
         return out
 
 
@@ -66,6 +73,7 @@ class SegmentState(BaseModel):
     group: int
     n_tokens: int
     cut: bool = False
+    opener: bool = False
 
 
 class CacheState(BaseModel):

@@ -28,6 +28,10 @@ class ChatStats(BaseModel):
     shifts: int
     evicted_tokens: int
     fallbacks: int
+    reread_tokens: int = 0
+    """Tokens read again by fallbacks (a cache that cannot shift)."""
+    rereading: tuple[int, int] | None = None
+    """``(done, total)`` while kept tokens are being read again, else None."""
     can_shift: bool
     tokens_per_second: float | None
     """Decode speed of the reply being generated, else of the last one (generated tokens only)."""
@@ -43,7 +47,10 @@ class ChatStats(BaseModel):
             f"{self.shifts} shift{'s' if self.shifts != 1 else ''}, {self.evicted_tokens} evicted",
         ]
         if self.fallbacks:
-            parts.append(f"{self.fallbacks} re-prefill fallback{'s' if self.fallbacks != 1 else ''}")
+            parts.append(
+                f"{self.fallbacks} re-read{'s' if self.fallbacks != 1 else ''} instead of shifting "
+                f"({self.reread_tokens:,} tokens)"
+            )
         if self.tokens_per_second:
             parts.append(f"{self.tokens_per_second:.1f} tok/s")
         parts.append(f"RSS {self.rss_bytes / 2**20:.0f} MiB")

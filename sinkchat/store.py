@@ -63,6 +63,8 @@ class SessionSettings(BaseModel):
 
     sampling: dict[str, Any] = Field(default_factory=dict)
     n_ctx: int | None = None
+    chat_template: str | None = None
+    """The ``--chat-template`` it was chatting with (None: the model's own)."""
 
 
 class SessionInfo(BaseModel):

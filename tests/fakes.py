@@ -12,8 +12,13 @@ class FakeKV:
     free one, exceeding the physical size, shifting a cache that cannot shift.
     """
 
-    def __init__(self, size: int, *, n_batch: int = 64, can_shift: bool = True, partial_rm: bool = True) -> None:
+    def __init__(
+        self, size: int, *, n_batch: int = 64, can_shift: bool = True, partial_rm: bool = True, swa: int | None = None
+    ) -> None:
+        """``swa``: a sliding window; like llama.cpp's small SWA cache (window + a batch), it keeps
+        ``2 * swa`` cells and reuses those of older positions."""
         self.size = size
+        self.swa = swa
         self.n_batch = n_batch
         self._can_shift = can_shift
         self.partial_rm = partial_rm
@@ -32,9 +37,12 @@ class FakeKV:
         return [t for _, t in sorted(self.cells)]
 
     def decode(self, tokens: Sequence[int], start: int, logits: str = "last") -> None:
-        expected = max((p for p, _ in self.cells), default=-1) + 1
+        expected = self.pos_max() + 1  # cells stay sorted by position: decode appends, rm and add keep order
         assert start == expected, f"decode at {start}, but the next position is {expected}"
         self.cells.extend((start + i, t) for i, t in enumerate(tokens))
+        if self.swa is not None:  # like llama.cpp's SWA cache: cells out of the window are reused
+            newest = self.cells[-1][0]
+            self.cells = [(p, t) for p, t in self.cells if p > newest - 2 * self.swa]
         assert len(self.cells) <= self.size, f"{len(self.cells)} cells exceed the cache size {self.size}"
         self.max_cells = max(self.max_cells, len(self.cells))
         self.decoded += len(tokens)
@@ -52,8 +60,15 @@ class FakeKV:
         self.cells = [(p + delta if p0 <= p < end else p, t) for p, t in self.cells]
         assert len({p for p, _ in self.cells}) == len(self.cells), "two cells at one position"
 
+    def has_history(self, pos: int) -> bool:
+        if self.swa is None:
+            return True
+        if not self.cells:
+            return pos == 0
+        return self.cells[0][0] <= max(0, pos - self.swa)
+
     def pos_max(self) -> int:
-        return max((p for p, _ in self.cells), default=-1)
+        return self.cells[-1][0] if self.cells else -1
 
     def clear(self) -> None:
         self.cells = []

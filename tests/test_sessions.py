@@ -87,10 +87,7 @@ def next_token_kl(a: Chat, b: Chat, question: str) -> tuple[float, bool]:
 
     logits = []
     for chat in (a, b):
-        history = list(chat.messages)
-        turn = chat._turns.user(history, question)
-        tokens = chat.model.tokenize(turn.message + turn.generation_prompt)
-        chat.engine.feed(tokens, "user", chat._group + 1)
+        chat._feed_user(chat._group + 1, question)
         logits.append(chat.context.logits().astype(np.float64))
     p, q = (np.exp(x - x.max()) / np.exp(x - x.max()).sum() for x in logits)
     return float((p * (np.log(p + 1e-300) - np.log(q + 1e-300))).sum()), int(p.argmax()) == int(q.argmax())
