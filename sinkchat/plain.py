@@ -63,10 +63,15 @@ def run_plain(
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     interactive = stdin.isatty()
+    continuing = chat.chat_problem is not None
+    if continuing:  # one line, whatever the mode: this model continues text, it does not chat
+        stderr.write(f"sinkchat: {chat.chat_problem} Continuing text instead (not saved).\n")
     if interactive:
         import readline  # noqa: F401  (line editing and history for input())
 
         stderr.write(f"{chat.model_name} · n_ctx {chat.n_ctx} · {chat.chat.sinks.sink_tokens} sink tokens · /help\n")
+        for note in chat.notes:
+            stderr.write(f"note: {note}\n")
         _show_resumed(chat, stderr)
     elif chat.note:
         stderr.write(f"sinkchat: {chat.note}\n")
@@ -100,9 +105,10 @@ def run_plain(
                 stderr.write(f"unknown command {name}; /help lists them\n")
             continue
         if interactive:
-            stdout.write("bot> ")
+            stdout.write("...  " if continuing else "bot> ")
+        stream = chat.generate(text, max_tokens=max_tokens) if continuing else chat.send(text, max_tokens=max_tokens)
         with _ctrl_c_cancels(chat):
-            for piece in chat.send(text, max_tokens=max_tokens):
+            for piece in stream:
                 stdout.write(inert(piece))
                 stdout.flush()
         if chat.last_reply is not None and chat.last_reply.finish_reason == "cancelled":

@@ -382,6 +382,18 @@ class Session:
     def last_reply(self) -> ReplyInfo | None:
         return self.chat.last_reply
 
+    @property
+    def chat_problem(self) -> str | None:
+        return self.chat.chat_problem
+
+    @property
+    def notes(self) -> list[str]:
+        return self.chat.notes
+
+    def generate(self, prompt: str, *, max_tokens: int | None = None, stop_at_eos: bool = True) -> Iterator[str]:
+        """Continue raw text (a base model); continuations are not saved as messages."""
+        return self.chat.generate(prompt, max_tokens=max_tokens, stop_at_eos=stop_at_eos)
+
     def cancel(self) -> None:
         self.chat.cancel()
 

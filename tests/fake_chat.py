@@ -37,6 +37,8 @@ class FakeChat:
     calls: list[str] = field(default_factory=list)
     last_reply: FakeReply | None = None
     closed: bool = False
+    chat_problem: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._cancel = threading.Event()
@@ -102,6 +104,14 @@ class FakeChat:
             self.messages.append({"role": "user", "content": text})
             self._add_tokens(len(text) // 4 + 5)
             yield from self._stream(max_tokens)
+
+    def generate(self, prompt: str, *, max_tokens: int | None = None, stop_at_eos: bool = True) -> Iterator[str]:
+        with self._lock:
+            self._cancel.clear()
+            self.calls.append(f"generate:{prompt}")
+            self._add_tokens(len(prompt) // 4 + 1)
+            yield from self._stream(max_tokens)
+            self.messages.pop()  # a continuation is not a chat message
 
     def regenerate(self, *, max_tokens: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
         with self._lock:

@@ -333,3 +333,47 @@ async def test_the_view_follows_the_reply_until_the_user_scrolls_up() -> None:
         held = messages.scroll_y
         await wait_until(pilot, lambda: not screen.replying, timeout=10)
         assert messages.scroll_y == held < messages.max_scroll_y  # it stayed where the user put it
+
+
+BASE = "fake has no chat template: it looks like a base model, which continues text rather than chatting."
+
+
+async def test_a_base_model_continues_text_and_says_so() -> None:
+    factory = FakeFactory(chat_problem=BASE, replies=[" there lived a fox."])
+    async with make_app(factory).run_test(size=(100, 30)) as pilot:
+        screen = await ready(pilot)
+        await wait_until(pilot, lambda: screen.continuing)
+        assert screen.query_one(Composer).placeholder == Composer.TEXT
+        assert any(n.title == "No chat template" and BASE in n.message for n in pilot.app._notifications)
+        await send(pilot, "Once upon a time")
+        chat = factory.chats[0]
+        assert chat.calls == ["generate:Once upon a time"]
+        assert [v.border_title for v in screen.query(UserMessage)] == ["text"]
+        assert [v.border_title for v in screen.query(AssistantMessage)] == ["continuation"]
+        assert screen.query(AssistantMessage).last().text == " there lived a fox."
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert any("no reply to regenerate" in n.message for n in pilot.app._notifications)
+        assert chat.calls == ["generate:Once upon a time"]
+
+
+async def test_what_was_decided_for_a_model_is_shown_once() -> None:
+    note = "sliding window 512 < n_ctx 8192: a full-size SWA cache (up to +131.0 MB) lets the cache shift"
+    factory = FakeFactory(notes=[note])
+    async with make_app(factory).run_test(size=(100, 30)) as pilot:
+        screen = await ready(pilot)
+        await wait_until(pilot, lambda: any(n.message == note for n in pilot.app._notifications))
+        assert not screen.continuing and screen.query_one(Composer).placeholder == Composer.CHAT
+
+
+def test_a_re_read_shows_its_progress_in_the_status_bar() -> None:
+    from sinkchat.stats import ChatStats
+    from tui.widgets.status import status_line
+
+    stats = ChatStats(
+        n_ctx=2048, n_cached=1957, n_pinned=5, shifts=3, evicted_tokens=1500, fallbacks=3,
+        reread_tokens=4000, rereading=(512, 1957), can_shift=False, tokens_per_second=None,
+        prompt_tokens_per_second=None, last_shift_ms=None, rss_bytes=300 << 20,
+    )  # fmt: skip
+    line = status_line(stats, "replying … (Esc stops)").plain
+    assert "3 re-reads" in line and "re-reading 1,957 tokens 26%" in line

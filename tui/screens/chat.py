@@ -90,6 +90,8 @@ class ChatScreen(Screen[None]):
         super().__init__()
         self.replying = False
         self.loading_model = False
+        self.continuing = False
+        """A base model is loaded: what the user types is continued as text, not answered."""
         self.replies_done = 0
         self.state = ""
 
@@ -166,6 +168,7 @@ class ChatScreen(Screen[None]):
         app.chat, app.model_path = message.chat, message.path
         self.set_state("")
         self.show_note(getattr(message.chat, "note", None))
+        self.set_mode(message.chat)
         if old is not None and not message.old_closed:
             self.close_worker(old)
 
@@ -188,6 +191,23 @@ class ChatScreen(Screen[None]):
             await view.mount_all(widgets)
         view.scroll_end(animate=False)
         view.anchor()
+
+    def set_mode(self, chat: ChatBackend) -> None:
+        """Chat, or continue text when the model cannot chat; say which, and what was decided for the model."""
+        problem = getattr(chat, "chat_problem", None)
+        self.continuing = problem is not None
+        composer = self.query_one(Composer)
+        composer.continuing(self.continuing)
+        if problem is not None:
+            self.notify(
+                f"{problem} What you type is continued as text instead.",
+                title="No chat template",
+                severity="warning",
+                timeout=20,
+                markup=False,
+            )
+        for note in getattr(chat, "notes", []):
+            self.notify(note, title="Model", timeout=12, markup=False)
 
     def show_note(self, note: str | None) -> None:
         chat = self.chat
@@ -220,13 +240,16 @@ class ChatScreen(Screen[None]):
             return
         self.query_one(Composer).clear()
         messages = self.query_one("#messages", VerticalScroll)
-        question = UserMessage(event.text)
+        question = UserMessage(event.text, title="text" if self.continuing else "you")
         await messages.mount(question)
-        view = AssistantMessage()
+        view = AssistantMessage(title="continuation" if self.continuing else "assistant")
         await messages.mount(view)
         messages.anchor()
         text, max_tokens = event.text, self.sink_app.max_tokens
-        self.start_reply(view, lambda chat: chat.send(text, max_tokens=max_tokens), question)
+        if self.continuing:  # a base model: continue the text (not saved as a chat)
+            self.start_reply(view, lambda chat: chat.generate(text, max_tokens=max_tokens))
+        else:
+            self.start_reply(view, lambda chat: chat.send(text, max_tokens=max_tokens), question)
 
     def start_reply(
         self, view: AssistantMessage, run: Callable[[ChatBackend], Iterator[str]], question: UserMessage | None = None
@@ -289,6 +312,9 @@ class ChatScreen(Screen[None]):
     async def action_regenerate(self) -> None:
         chat = self.ready()
         if chat is None:
+            return
+        if self.continuing:
+            self.notify("A base model continues text; there is no reply to regenerate.", severity="warning")
             return
         replies = list(self.query(AssistantMessage))
         if not replies:

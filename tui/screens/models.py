@@ -66,7 +66,7 @@ class ModelPickerScreen(ModalScreen[Path | None]):
                 Text(mark + model.name, style=style),
                 Text(human_size(model.size_bytes), style=style),
                 Text(model.quantization or "", style=style),
-                Text(model.architecture or "", style=style),
+                Text((model.architecture or "") + (" · base" if model.has_chat_template is False else ""), style=style),
                 Text(str(model.context_length or ""), style=style),
                 Text(model.source, style=style),
             )
@@ -83,7 +83,12 @@ class ModelPickerScreen(ModalScreen[Path | None]):
         if 0 <= event.cursor_row < len(self.found):
             model = self.found[event.cursor_row]
             hint = self.query_one("#picker-hint", Static)
-            hint.update(Text(model.problem or str(model.path)))
+            base = (
+                " · a base model (no chat template): sinkchat continues text"
+                if model.has_chat_template is False
+                else ""
+            )
+            hint.update(Text(model.problem or f"{model.path}{base}"))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if not 0 <= event.cursor_row < len(self.found):

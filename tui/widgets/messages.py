@@ -14,10 +14,10 @@ class UserMessage(Static):
 
     can_focus = True
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, title: str = "you") -> None:
         super().__init__(Text(inert(text)), classes="message user")
         self.text = text
-        self.border_title = "you"
+        self.border_title = title
 
 
 class AssistantMessage(Markdown):
@@ -25,10 +25,10 @@ class AssistantMessage(Markdown):
 
     can_focus = True
 
-    def __init__(self, text: str = "") -> None:
+    def __init__(self, text: str = "", *, title: str = "assistant") -> None:
         super().__init__(inert(text), classes="message assistant", open_links=False)
         self.text = text
-        self.border_title = "assistant"
+        self.border_title = title
         self._stream = None
 
     def start(self) -> None:

@@ -33,7 +33,10 @@ def status_line(stats: ChatStats | None, state: str = "", *, bar: int = BAR, com
         line.append(f" · {stats.n_pinned} pinned", style="magenta")
         line.append(f" │ {stats.shifts} shift{'' if stats.shifts == 1 else 's'} · {stats.evicted_tokens} evicted")
         if stats.fallbacks:
-            line.append(f" · {stats.fallbacks} re-prefills", style="yellow")
+            line.append(f" · {stats.fallbacks} re-read{'' if stats.fallbacks == 1 else 's'}", style="yellow")
+        if stats.rereading is not None:
+            done, total = stats.rereading
+            line.append(f" │ re-reading {total:,} tokens {done * 100 // max(total, 1)}%", style="bold yellow")
         if stats.tokens_per_second:
             line.append(f" │ {stats.tokens_per_second:.1f} tok/s")
         line.append(f" │ {'' if compact else 'RSS '}{stats.rss_bytes / 2**20:.0f} MiB")
