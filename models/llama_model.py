@@ -99,6 +99,8 @@ class LlamaModel(NativeHandle):
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_layer = llama_cpp.llama_model_n_layer(ptr)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(ptr)
+        self.n_swa = int(llama_cpp.llama_model_n_swa(ptr))
+        """Sliding window of the model's SWA layers (0: it has none)."""
         self.bos = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos = llama_cpp.llama_vocab_eos(self.vocab)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))

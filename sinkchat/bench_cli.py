@@ -141,7 +141,15 @@ def _ppl(args: argparse.Namespace) -> int:
         print(f"{model.name} · {source} · {len(tokens):,} tokens · cache {config.n_ctx} · {config.threads} threads")
         runs = run_ppl(model, tokens, config, progress=not args.quiet)
     _print_table(summaries(runs, config.n_ctx), COLUMNS)
-    return finish(out, "ppl", write_results(runs, out, config), config, model=model.name, text=source)
+    used = {  # what the runs really used, beside what was asked for
+        "chunk_used": sorted({r.chunk for r in runs}),
+        "swa_full_used": sorted({r.swa_full for r in runs}),
+        "flash_attn_used": sorted({r.flash_attn for r in runs}),
+        "fallbacks": {r.label: r.fallbacks for r in runs},
+        "recompute_reads_bos": bool(model.add_bos),
+    }
+    files = write_results(runs, out, config)
+    return finish(out, "ppl", files, config, model=model.name, text=source, **used)
 
 
 def _endless(args: argparse.Namespace) -> int:

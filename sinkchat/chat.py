@@ -33,7 +33,7 @@ from models.llama_model import LlamaModel
 from models.options import LoadOptions
 from models.sampler import Sampler, SamplingSettings
 from models.swa import choose_swa_full
-from models.templates import load_chat_template
+from models.templates import resolve as resolve_template
 from sinkchat.chat_format import ChatFormat, ChatFormatError, Span, UserTurn
 from sinkchat.config import MIN_WINDOW, SinkSettings
 from sinkchat.engine import SinkEngine
@@ -174,6 +174,7 @@ class Chat:
         """
         options = LoadOptions(n_ctx=n_ctx, **llama_options)
         sinks = SinkSettings(sink_tokens=sink_tokens, keep_system_prompt=keep_system_prompt, discard=discard)
+        template_source = resolve_template(chat_template) if chat_template is not None else None  # before the weights
         if isinstance(sampling, dict):
             sampling = SamplingSettings(**sampling)
         llama_model = LlamaModel(
@@ -195,7 +196,9 @@ class Chat:
             llama_model.close()
             raise
         try:
-            template = load_chat_template(chat_template, llama_model) if chat_template is not None else None
+            template = None
+            if template_source is not None:
+                template = llama_model.chat_template(source=template_source[1], name=template_source[0])
             chat = cls(
                 llama_model, context, sinks=sinks, system_prompt=system_prompt, sampling=sampling, template=template
             )

@@ -162,6 +162,7 @@ def settings_for_run(args: argparse.Namespace):  # -> Settings
                 flash_attn=args.flash_attn,
                 type_k=args.cache_type_k,
                 type_v=args.cache_type_v,
+                chat_template=args.chat_template,
             ),
             "cache": _with(
                 s.cache,
@@ -216,9 +217,7 @@ def _run(args: argparse.Namespace) -> int:
     library = library_for(settings)
     if library.store.recovery:
         print(f"sinkchat: {library.store.recovery}", file=sys.stderr)
-    plan = plan_open(
-        library, settings, model=args.model, resume=args.resume, given=given, chat_template=args.chat_template
-    )
+    plan = plan_open(library, settings, model=args.model, resume=args.resume, given=given)
     if not args.plain and sys.stdin.isatty() and sys.stdout.isatty():
         tui = _frontend("tui")
         if tui is not None:

@@ -41,7 +41,6 @@ def plan_open(
     model: Path | None = None,
     resume: str | None = None,
     given: frozenset[str] = frozenset(),
-    chat_template: str | None = None,
 ) -> OpenPlan:
     """Resolve ``resume`` (an id, a unique prefix or ``last``) and the model to load for it.
 
@@ -49,8 +48,6 @@ def plan_open(
     ``system_prompt``, ``sampling``, ``chat_template``): those override what the session remembers.
     """
     options = settings.load_options()
-    if chat_template is not None:
-        options["chat_template"] = chat_template
     if resume is None:
         return OpenPlan(resolve_model_path(model or settings.model.default), options)
     sid = library.store.resolve(resume)

@@ -47,6 +47,9 @@ class ModelSettings(_Section):
     flash_attn: Literal["auto", "on", "off"] = "auto"
     type_k: KVCacheType = "f16"
     type_v: KVCacheType = "f16"
+    chat_template: str | None = Field(
+        None, description="a shipped template's name or a Jinja file, instead of the model's own"
+    )
 
     @field_validator("default", "dir")
     @classmethod
@@ -110,6 +113,8 @@ class Settings(_Section):
             options["n_gpu_layers"] = self.model.n_gpu_layers
         if self.model.threads is not None:
             options["n_threads"] = self.model.threads
+        if self.model.chat_template is not None:
+            options["chat_template"] = self.model.chat_template
         return options
 
 
@@ -175,6 +180,7 @@ TEMPLATE = """\
 # flash_attn = "auto"                   # auto | on | off
 # type_k = "f16"                        # KV cache types: f16, q8_0, q4_0, ...
 # type_v = "f16"
+# chat_template = "chatml"              # instead of each model's own: a name (sinkchat models templates) or a file
 
 [cache]
 n_ctx = 4096                            # the fixed memory budget, in tokens

@@ -48,9 +48,12 @@ def layer_rows(study: StudyResult) -> tuple[list[dict[str, Any]], list[tuple[str
     from sinkchat.bench.sink_study import layer_means
 
     main = study.main_variant
-    columns = [("layer", "layer")] + [(f"first_{k}", f"first {k}") for k in SINK_COUNTS]
+    columns = [("layer", "layer")] + ([("kind", "kind")] if study.sliding else [])
+    columns += [(f"first_{k}", f"first {k}") for k in SINK_COUNTS]
     columns += [("punctuation", "punct."), ("local", "self+prev"), ("top_first", "top=first")]
     rows = [{k: (_pct(v) if k != "layer" else v) for k, v in row.items()} for row in layer_means(study.of(main))]
+    for row in rows:
+        row["kind"] = f"window {study.window}" if row["layer"] in study.sliding else "global"
     if study.of("chat") and main != "chat":
         for row, chat in zip(rows, layer_means(study.of("chat")), strict=True):
             row["chat_first"] = _pct(chat["first_1"])
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from sinkchat.bench.sink_study import (
         SinkStudyConfig,
         bos_verdict,
+        layer_kinds,
         layer_means,
         load_documents,
         recommendation,
@@ -101,25 +105,46 @@ def run(args: argparse.Namespace) -> int:
         print(f"{model.name} · {model.n_layer} layers · {len(docs)} documents · forms: {', '.join(config.variants)}")
         study = run_study(model, docs, config, progress=not args.quiet)
     rows, columns = layer_rows(study)
-    print(f"\nShare of a query's attention, mean over documents (queries from position {config.from_query} on):")
+    print(
+        f"\nShare of a query's attention, mean over documents (queries from position {config.from_query} on), "
+        f"read as {study.main_variant}:"
+    )
     print(table(rows, columns))
-    even = layer_means(study.of(study.main_variant))[0]
+    means = layer_means(study.of(study.main_variant))
+    even = next((m for m in means if m["layer"] not in study.sliding), means[0])
     print(
         f"Spread evenly, a query would give {_pct(even['even'])} to the first token "
         f"and {_pct(even['punctuation_even'])} to punctuation."
     )
+    for kind in layer_kinds(study):
+        layers = kind["layers"]
+        print(
+            f"{kind['kind'].capitalize()} layers ({len(layers)}: {_ranges(layers)}): the first token draws "
+            f"{_pct(kind['first_1'])} and is the most attended key for {_pct(kind['top_first'])} of queries "
+            f"(an even share would be {_pct(kind['even'])})"
+            + (
+                f" in documents longer than their window; past {study.window} tokens they cannot see it"
+                if kind["kind"] == "sliding"
+                else ""
+            )
+        )
     rows, columns = document_table(study)
     print("\nThe first token's share per document (layers 2 and up):")
     print(table(rows, columns))
     rec = recommendation(study)
     kinds = ", ".join(f"{k} {_pct(v)}" for k, v in _kinds(study).items())
     print(f"\nMost attended key ({study.main_variant}): {kinds}")
-    print(
-        f"Recommended sink tokens: {rec.sinks} (they hold {rec.captured:.0%} of the attention the first 8 "
-        f"positions draw beyond an even share; first 1/2/4/8 take "
-        + "/".join(_pct(v) for v in rec.shares.values())
-        + ")"
-    )
+    shares = "/".join(_pct(v) for v in rec.shares.values())
+    if sum(rec.excess) > 0:
+        print(
+            f"Recommended sink tokens: {rec.sinks} (read as {study.main_variant}: they hold {rec.captured:.0%} of "
+            f"the attention the first 8 positions draw beyond an even share; first 1/2/4/8 take {shares})"
+        )
+    else:
+        print(
+            f"Recommended sink tokens: 0 (read as {study.main_variant}, the first 8 positions draw no more than "
+            f"an even share; first 1/2/4/8 take {shares})"
+        )
     print(f"BOS: {bos_verdict(study)}")
     if rec.sinks:
         print(
@@ -131,8 +156,22 @@ def run(args: argparse.Namespace) -> int:
     return finish(out, "sinks", write_results(study, out), config, model=model.name)
 
 
+def _ranges(layers: list[int]) -> str:
+    """``0-4, 6-10, 12`` for people."""
+    parts: list[str] = []
+    start = prev = None
+    for layer in [*layers, None]:
+        if layer is not None and prev is not None and layer == prev + 1:
+            prev = layer
+            continue
+        if start is not None:
+            parts.append(f"{start}-{prev}" if prev != start else str(start))
+        start = prev = layer
+    return ", ".join(parts)
+
+
 def _kinds(study: StudyResult) -> dict[str, float]:
     from sinkchat.bench.sink_study import kind_rows
 
-    row = kind_rows(study)[0]
+    row = next(r for r in kind_rows(study) if r["variant"] == study.main_variant)
     return {k: v for k, v in row.items() if k != "variant"}

@@ -128,6 +128,16 @@ def test_recompute_stream_rebuilds_the_window_from_position_zero() -> None:
     assert kv2.decoded < every_chunk / 2  # rebuilding only when full is cheaper
 
 
+def test_recompute_reads_bos_first_for_models_trained_with_it() -> None:
+    """The oracle re-reads [BOS + window], as the model reads any text from scratch."""
+    kv = _fake_ctx(32)
+    stream = open_stream("recompute", kv, discard=8, bos=-1)  # type: ignore[arg-type]
+    for at in range(0, 100, 4):
+        stream.feed(list(range(at, at + 4)), "all")
+    assert kv.contents() == [-1, *range(100 - 31, 100)]
+    assert stream.n_cached == 32
+
+
 def test_dense_stream_stops_when_full() -> None:
     kv = _fake_ctx(16)
     stream = open_stream("dense", kv)  # type: ignore[arg-type]
@@ -197,6 +207,27 @@ def test_bench_ppl_end_to_end(smollm2_path: Path, tmp_path: Path, capsys: pytest
     _png(out / "ppl.png")
     config = json.loads((out / "ppl_config.json").read_text())
     assert config["n_ctx"] == 128 and config["model"]
+    # What was really used, beside what was asked: the chunk, the SWA cache, flash attention, fallbacks.
+    assert config["chunk_used"] == [16] and config["swa_full_used"] and config["flash_attn_used"] == ["auto"]
+    assert config["fallbacks"] == {"dense": 0, "window": 0, "sinks": 0, "recompute": 0}
+    assert "re-reads" in printed and int(summary["sinks"]["fallbacks"]) == 0
+
+
+@pytest.mark.slow
+def test_bench_ppl_on_gemma_recompute_reads_bos_and_beats_the_window(gemma_path: Path, tmp_path: Path) -> None:
+    """Second architecture: with [BOS + window] the oracle is the oracle again, and sinks track it."""
+    out = tmp_path / "gppl"
+    assert _bench("ppl", gemma_path, out, "-n 1600 -c 256 --policies window sinks recompute") == 0
+    config = json.loads((out / "ppl_config.json").read_text())
+    assert config["recompute_reads_bos"] and config["swa_full_used"] == [True]
+    assert set(config["fallbacks"].values()) == {0}  # a window is a window: it shifted, never re-read
+    from sinkchat.bench.ppl import runs_from_csv
+
+    runs = {r.label: r for r in runs_from_csv(out / "ppl_series.csv", n_ctx=256)}
+    window, sinks, recompute = (runs[n].ppl(start=256) for n in ("window", "sinks", "recompute"))
+    assert window and sinks and recompute
+    assert recompute < window and sinks < window / 1.3, (window, sinks, recompute)
+    assert abs(sinks - recompute) / recompute < 0.1, (sinks, recompute)
 
 
 @pytest.mark.slow

@@ -86,6 +86,26 @@ def test_piped_chat_prints_replies_only() -> None:
 
 
 @pytest.mark.slow
+def test_a_base_model_says_so_in_one_line_and_continues_text(gemma_path: Path) -> None:
+    args = ("run", "--plain", "-m", str(gemma_path), "-c", "1024", "--temperature", "0", "--max-tokens", "12")
+    result = sinkchat(*args, stdin="The capital of France is\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("\n") == 1 and "no chat template: it looks like a base model" in result.stderr
+    assert result.stdout.strip() and "<start_of_turn>" not in result.stdout and "<|im_" not in result.stdout
+    chatting = sinkchat(*args, "--chat-template", "gemma-3", stdin="Hello\n")
+    assert chatting.returncode == 0 and "base model" not in chatting.stderr
+
+
+def test_an_unknown_chat_template_is_one_clear_line() -> None:
+    assert_clean_error(sinkchat("run", "--plain", "--chat-template", "no-such-one"), "no chat template named")
+
+
+def test_models_templates_lists_the_shipped_templates() -> None:
+    result = sinkchat("models", "templates")
+    assert result.returncode == 0 and "gemma-3" in result.stdout and "llama.cpp" in result.stdout
+
+
+@pytest.mark.slow
 def test_piped_chat_in_a_tiny_cache_keeps_going() -> None:
     questions = "".join(f"Tell me fact number {i} about the ocean.\n" for i in range(6))
     result = sinkchat("run", "--plain", "--n-ctx", "128", "--max-tokens", "60", "--seed", "1", stdin=questions)

@@ -64,6 +64,41 @@ def test_layer_shares_on_a_known_map() -> None:
     assert sink["punctuation_even"] == pytest.approx(np.mean(1 / (qs + 1)))  # one punctuation key after the first
 
 
+def _windowed(n: int, window: int, first: float) -> np.ndarray:
+    """A sliding-window layer: ``first`` to key 0 while it is visible, the rest evenly over the visible keys."""
+    w = np.zeros((n, n), dtype=np.float32)
+    for q in range(n):
+        lo = max(0, q - window + 1)
+        if lo == 0:
+            w[q] = _causal(n, first)[q]
+        else:
+            w[q, lo : q + 1] = 1 / (q + 1 - lo)
+    return w
+
+
+def test_sliding_window_layers_are_told_from_their_masks() -> None:
+    n, window = 64, 16
+    weights = np.stack([_causal(n, 0.5), _windowed(n, window, 0.5), _causal(n, 0.0)])
+    assert sink_stats.sliding_layers(weights, window) == [1]
+    assert sink_stats.sliding_layers(weights[:, :window, :window], window) == []  # too short to tell
+    assert sink_stats.sliding_layers(weights, 0) == []
+
+
+def test_the_even_baseline_counts_only_the_keys_a_query_can_see() -> None:
+    n, window, start = 64, 16, 8
+    weights = np.stack([_causal(n, 0.5), _windowed(n, window, 0.5)])
+    kinds = _kinds(n, punct=tuple(range(1, n, 4)))
+    plain, sliding = layer_shares(weights, kinds, start, windows=[None, window])
+    qs = np.arange(start, n)
+    assert plain["even"] == pytest.approx(np.mean(1 / (qs + 1))) and plain["sliding"] == 0
+    # Past the window the first key is out of sight: its even share is 0 there, not 1/(q+1).
+    assert sliding["even"] == pytest.approx(np.mean(np.where(qs < window, 1 / (qs + 1), 0.0)))
+    assert sliding["sliding"] == 1 and sliding["first_1"] < plain["first_1"]
+    visible_punct = [sum(1 for k in range(max(0, q - window + 1), q + 1) if k % 4 == 1) for q in qs]
+    seen = np.minimum(qs + 1, window)
+    assert sliding["punctuation_even"] == pytest.approx(np.mean(np.array(visible_punct) / seen))
+
+
 def test_early_queries_are_not_counted() -> None:
     with pytest.raises(ValueError, match="no queries"):
         layer_shares(np.stack([_causal(8, 0.5)]), _kinds(8), 8)
@@ -240,3 +275,21 @@ def test_own_documents_and_hostile_text(tmp_path: Path, capsys: pytest.CaptureFi
     assert "\x1b" not in printed  # token text is shown escaped, never sent to the terminal raw
     assert "hostile" in printed and "Recommended sink tokens:" in printed
     assert (out / "sinks_heatmap_text.png").exists() == plots.available()
+
+
+@pytest.mark.slow
+def test_sinks_on_gemma_reads_it_with_bos_and_reports_sliding_and_global_layers(
+    gemma_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Gemma 3 never reads a text without BOS: recommend from that form; its 3 global layers hold the sink."""
+    out = tmp_path / "gsinks"
+    assert main(["sinks", str(gemma_path), "-o", str(out), "-q", "--forms", "text", "bos"]) == 0
+    printed = capsys.readouterr().out
+    assert "read as bos" in printed and "Recommended sink tokens: 1" in printed
+    assert "Global layers (3: 5, 11, 17)" in printed and "Sliding layers (15:" in printed
+    rec = json.loads((out / "sinks_recommendation.json").read_text())
+    assert rec["read_as"] == "bos" and rec["sliding_window"] == 512 and rec["sink_tokens"] == 1
+    kinds = {k["kind"]: k for k in rec["layers_by_kind"]}
+    assert kinds["global"]["layers"] == [5, 11, 17] and kinds["global"]["top_first"] > 0.9
+    assert kinds["global"]["first_1"] > 3 * kinds["sliding"]["first_1"]
+    assert rec["top_first_fraction"]["text"] < 0.05 < 0.5 < rec["top_first_fraction"]["bos"]  # no BOS, no sink

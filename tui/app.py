@@ -170,8 +170,15 @@ def run(
     sessions = LibrarySessions(library, plan, given) if library is not None else None
     if plan is not None:
         model_path = plan.model_path  # type: ignore[attr-defined]
-        n_ctx = plan.load_options.get("n_ctx", settings.cache.n_ctx)  # type: ignore[attr-defined]
-        settings = settings.model_copy(update={"cache": settings.cache.model_copy(update={"n_ctx": n_ctx})})
+        options = plan.load_options  # type: ignore[attr-defined]
+        n_ctx = options.get("n_ctx", settings.cache.n_ctx)
+        template = options.get("chat_template", settings.model.chat_template)  # a resumed session remembers it
+        settings = settings.model_copy(
+            update={
+                "cache": settings.cache.model_copy(update={"n_ctx": n_ctx}),
+                "model": settings.model.model_copy(update={"chat_template": template}),
+            }
+        )
     app = SinkchatApp(settings, model_path=model_path, sessions=sessions)
     try:
         app.run()

@@ -12,15 +12,10 @@ import json
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from models.errors import ModelFileError
-
-if TYPE_CHECKING:
-    from models.chat_template import ChatTemplate
-    from models.llama_model import LlamaModel
 
 
 class TemplateInfo(BaseModel):
@@ -67,9 +62,3 @@ def resolve(spec: str | Path) -> tuple[str, str]:
             raise ModelFileError(f"cannot read the chat template {path}: {exc}") from exc
     names = ", ".join(catalog())
     raise ModelFileError(f"no chat template named or found at {text!r}; use a file or one of: {names}")
-
-
-def load_chat_template(spec: str | Path, model: LlamaModel) -> ChatTemplate:
-    """The template ``spec`` names, rendering with ``model``'s own BOS and EOS tokens."""
-    name, source = resolve(spec)
-    return model.chat_template(source=source, name=name)

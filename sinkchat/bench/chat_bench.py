@@ -33,6 +33,7 @@ from sinkchat.bench.streams import dense_size
 from sinkchat.chat import Chat
 from sinkchat.config import SinkSettings
 from sinkchat.engine import SinkEngine
+from sinkchat.errors import SinkchatError
 from sinkchat.policy import SinkPolicy
 from sinkchat.stats import process_rss
 from sinkchat.text_stream import Utf8Joiner
@@ -77,6 +78,8 @@ class Turn(BaseModel):
     cached: int
     rss: int
     outcome: Literal["ok", "failed", "repeated", "context full"]
+    fallbacks: int = 0
+    """Re-reads so far instead of shifts (a cache that cannot shift)."""
 
 
 class ContextFull(Exception):
@@ -102,7 +105,10 @@ class TemplateChat:
         reserve: int,
     ) -> None:
         self.model, self.ctx, self.n_ctx = model, ctx, n_ctx
-        self.template = model.chat_template()
+        template = model.chat_template()
+        if template is None:
+            raise SinkchatError(f"{model.name} has no chat template (a base model): the chat bench needs one")
+        self.template = template
         self.system, self.sampling = system, sampling
         self.drop_oldest, self.reserve = drop_oldest, reserve
         self.history: list[Message] = []
@@ -231,6 +237,7 @@ def run_policy(
                     except ContextFull:
                         full, outcome = True, "context full"
                 cached = chat.n_cached if isinstance(chat, TemplateChat) else chat.stats.n_cached  # type: ignore[attr-defined]
+                engine = chat.engine  # type: ignore[attr-defined]
                 n_tokens = len(model.tokenize(reply, parse_special=False)) if reply else 0
                 turns.append(
                     Turn(
@@ -243,6 +250,7 @@ def run_policy(
                         cached=cached,
                         rss=process_rss(),
                         outcome=outcome,
+                        fallbacks=engine.fallbacks,
                     )
                 )
                 bar.update(1, failed=sum(t.outcome != "ok" for t in turns))
@@ -272,6 +280,7 @@ COLUMNS = (
     ("median_s", "median s/turn"),
     ("p90_s", "p90 s"),
     ("max_cached", "max cached"),
+    ("fallbacks", "re-reads"),
     ("rss_growth_mib", "RSS growth MiB"),
 )
 """``(summary key, heading)`` of the terminal table."""
@@ -291,6 +300,7 @@ def summary(policy: str, turns: Sequence[Turn], n_ctx: int) -> dict[str, object]
         "median_s": percentile(secs, 50),
         "p90_s": percentile(secs, 90),
         "max_cached": max((t.cached for t in turns), default=0),
+        "fallbacks": turns[-1].fallbacks if turns else 0,
         "rss_growth_mib": (turns[-1].rss - turns[0].rss) / 2**20 if turns else None,
     }
 

@@ -60,6 +60,8 @@ class Generation(BaseModel):
     char_ends: list[int] = Field(default_factory=list)
     """Length of the text after each token (maps a character offset back to a token)."""
     shifts: int = 0
+    fallbacks: int = 0
+    """Shifts done by reading the cache again (it could not shift)."""
     seconds: float = 0.0
     stopped: str | None = None
 
@@ -120,6 +122,7 @@ def generate(model: LlamaModel, policy: StreamPolicy, config: EndlessConfig, *, 
         pieces.append(joiner.flush())
         run.seconds = time.perf_counter() - started
         run.shifts = stream.shifts
+        run.fallbacks = stream.fallbacks
     run.text = "".join(pieces)
     return run
 
@@ -139,6 +142,7 @@ COLUMNS = (
     ("p99_ms", "p99 ms"),
     ("max_ms", "max ms"),
     ("shifts", "shifts"),
+    ("fallbacks", "re-reads"),
     ("rss_start_mib", "RSS MiB"),
     ("rss_growth_mib", "RSS growth"),
     ("stopped", ""),
@@ -170,6 +174,7 @@ def summary(run: Generation) -> dict[str, object]:
         "max_ms": max(lat) if lat else None,
         "tok_per_s": run.n_tokens / run.seconds if run.seconds else None,
         "shifts": run.shifts,
+        "fallbacks": run.fallbacks,
         "rss_start_mib": rss[0] / 2**20 if rss else None,
         "rss_growth_mib": (rss[-1] - rss[0]) / 2**20 if rss else None,
         "stopped": run.stopped or "",

@@ -59,6 +59,12 @@ class Run(BaseModel):
     cached: list[int] = Field(default_factory=list)
     seconds: float = 0.0
     stopped: str | None = None
+    fallbacks: int = 0
+    """Shifts done by reading the cache again because it could not shift: then a window is really a recompute."""
+    swa_full: bool = False
+    flash_attn: str = "auto"
+    chunk: int = 0
+    """Tokens evaluated per step, as actually used."""
 
     @property
     def tokens(self) -> int:
@@ -104,8 +110,10 @@ def run_policy(
     label = policy if policy != "sinks" or not config.sink_sweep else f"sinks={sinks}"
     run = Run(policy=policy, label=label, sinks=sinks if policy == "sinks" else 0, n_ctx=n_ctx)
     with LlamaContext(model, options) as ctx:
-        stream = open_stream(policy, ctx, sinks=sinks, discard=config.discard or chunk)
+        bos = model.bos if model.add_bos and model.bos >= 0 else None
+        stream = open_stream(policy, ctx, sinks=sinks, discard=config.discard or chunk, bos=bos)
         step = min(chunk, stream.max_chunk())
+        run.chunk, run.swa_full, run.flash_attn = step, ctx.swa_full, options.flash_attn
         previous: np.ndarray | None = None
         started = time.perf_counter()
         with Progress(min(limit, n_ctx) if policy == "dense" else limit, label, enabled=progress) as bar:
@@ -129,6 +137,7 @@ def run_policy(
                     run.cached.append(stream.n_cached)
                 bar.update(len(piece), ppl=f"{np.exp(run.nll[-1]):.1f}" if run.nll else "-")
         run.seconds = time.perf_counter() - started
+        run.fallbacks = stream.fallbacks
     return run
 
 
@@ -154,6 +163,7 @@ COLUMNS = (
     ("rss_full_mib", "RSS MiB"),
     ("rss_growth_mib", "RSS growth"),
     ("tok_per_s", "tok/s"),
+    ("fallbacks", "re-reads"),
     ("stopped", ""),
 )
 """``(summary key, heading)`` of the terminal table."""
@@ -183,6 +193,9 @@ def summary(run: Run, n_ctx: int, common: int | None = None) -> dict[str, object
         "rss_max_mib": max(rss) / 2**20 if rss else None,
         "rss_growth_mib": (max(rss) - rss[0]) / 2**20 if rss else None,
         "tok_per_s": run.tokens / run.seconds if run.seconds else None,
+        "fallbacks": run.fallbacks,
+        "swa_full": run.swa_full,
+        "chunk": run.chunk,
         "stopped": run.stopped or "",
     }
 

@@ -35,8 +35,13 @@ def sink_layers(
     *,
     title: str,
     baselines: Mapping[str, float],
+    global_layers: Sequence[int] = (),
 ) -> Path:
-    """One panel per form: the share of each kind of key, layer by layer."""
+    """One panel per form: the share of each kind of key, layer by layer.
+
+    ``global_layers``: in a model with sliding-window layers, the layers that see every
+    token (shaded): only they can keep using a sink once the window has passed it.
+    """
     plt = pyplot()
     fig, axes = plt.subplots(1, len(variants), figsize=(5.2 * len(variants), 4.4), sharey=True, squeeze=False)
     cmap = plt.get_cmap("Blues_r")
@@ -49,6 +54,8 @@ def sink_layers(
                 continue
             style = {"color": cmap(0.15 + 0.15 * i), **SHARE_STYLE[key]}
             ax.plot(layers, ys, label=SHARE_LABELS[key], **style)
+        for i, layer in enumerate(global_layers):
+            ax.axvspan(layer - 0.4, layer + 0.4, color="#dddddd", zorder=0, label="global layer" if i == 0 else None)
         ax.axhline(baselines[variant], color="grey", lw=0.8, ls="--")
         ax.annotate("first token, if attention were spread evenly", (layers[-1], baselines[variant]),
                     xytext=(0, 3), textcoords="offset points", fontsize=7, color="grey", ha="right")  # fmt: skip

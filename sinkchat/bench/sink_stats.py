@@ -51,15 +51,42 @@ def _queries(weights: np.ndarray, from_query: int) -> np.ndarray:
     return weights[:, from_query:, :]
 
 
-def layer_shares(weights: np.ndarray, kinds: TokenKinds, from_query: int) -> list[dict[str, float]]:
+def sliding_layers(weights: np.ndarray, window: int, tolerance: float = 1e-6) -> list[int]:
+    """Layers whose queries see only the last ``window`` keys (a key k is visible to q when q - k < window).
+
+    Told from the maps themselves: masked keys get exactly no attention.  Only a text
+    longer than the window can show it; for a shorter one the list is empty.
+    """
+    import numpy as np
+
+    n = weights.shape[1]
+    if window <= 0 or n <= window:
+        return []
+    q = np.arange(window, n)
+    out = []
+    for layer in range(weights.shape[0]):
+        older = np.cumsum(weights[layer], axis=1)[q, q - window]  # mass on keys 0 .. q - window
+        if float(older.max()) < tolerance:
+            out.append(layer)
+    return out
+
+
+def layer_shares(
+    weights: np.ndarray,
+    kinds: TokenKinds,
+    from_query: int,
+    windows: Sequence[int | None] | None = None,
+) -> list[dict[str, float]]:
     """One row per layer: the mean share of attention a query gives to each kind of key.
 
     ``pos_j``: the token at position j (j < 8).  ``first_k``: the first k tokens together.
     ``special``: control tokens (anywhere, the first one included).  ``punctuation``:
     punctuation tokens after the first.  ``local``: the query itself and its predecessor.
     ``top_first``: how often the first token is the most attended.  ``even``: the share one
-    key would get if every query spread its attention evenly (the no-sink baseline);
-    ``punctuation_even``: the punctuation tokens' share in that case.
+    key would get if every query spread its attention evenly over the keys it can see
+    (the no-sink baseline: in a sliding-window layer, the last ``window`` keys only);
+    ``punctuation_even``: the visible punctuation tokens' share in that case.  ``sliding``
+    is 1 for a layer with a window (``windows[layer]``), else 0.
     """
     import numpy as np
 
@@ -69,6 +96,7 @@ def layer_shares(weights: np.ndarray, kinds: TokenKinds, from_query: int) -> lis
     pos = rows + from_query
     punct = kinds.punctuation.copy()
     punct[0] = False
+    windows = list(windows) if windows is not None else [None] * n_layer
     width = SINK_COUNTS[-1]
     shares = {f"pos_{j}": q[:, :, j].mean(-1) for j in range(width)}
     shares.update({f"first_{k}": q[:, :, :k].sum(-1).mean(-1) for k in SINK_COUNTS})
@@ -76,11 +104,21 @@ def layer_shares(weights: np.ndarray, kinds: TokenKinds, from_query: int) -> lis
     shares["punctuation"] = q[:, :, punct].sum(-1).mean(-1)
     shares["local"] = (q[:, rows, pos] + q[:, rows, pos - 1]).mean(-1)
     shares["top_first"] = (q.argmax(-1) == 0).mean(-1)
-    even = {
-        "even": float((1.0 / (pos + 1)).mean()),
-        "punctuation_even": float((np.cumsum(punct)[pos] / (pos + 1)).mean()),
-    }
-    return [{"layer": layer, **{k: float(v[layer]) for k, v in shares.items()}, **even} for layer in range(n_layer)]
+    counted = np.concatenate([[0], np.cumsum(punct)])  # punctuation among keys [0, i)
+
+    def even(window: int | None) -> dict[str, float]:
+        first = pos + 1 - np.minimum(pos + 1, window) if window else np.zeros_like(pos)
+        seen = pos + 1 - first
+        return {
+            "even": float(np.where(first == 0, 1.0 / seen, 0.0).mean()),
+            "punctuation_even": float(((counted[pos + 1] - counted[first]) / seen).mean()),
+            "sliding": 1.0 if window else 0.0,
+        }
+
+    return [
+        {"layer": layer, **{k: float(v[layer]) for k, v in shares.items()}, **even(windows[layer])}
+        for layer in range(n_layer)
+    ]
 
 
 def top_positions(weights: np.ndarray, from_query: int) -> np.ndarray:

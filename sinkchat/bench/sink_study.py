@@ -32,7 +32,7 @@ VARIANTS: tuple[Variant, ...] = ("text", "bos", "chat")
 SHARE_KEYS = (
     *(f"pos_{j}" for j in range(sink_stats.SINK_COUNTS[-1])),
     *(f"first_{k}" for k in sink_stats.SINK_COUNTS),
-    *("special", "punctuation", "local", "top_first", "even", "punctuation_even"),
+    *("special", "punctuation", "local", "top_first", "even", "punctuation_even", "sliding"),
 )
 
 
@@ -118,6 +118,10 @@ class StudyResult:
     config: SinkStudyConfig
     results: list[DocumentResult] = field(default_factory=list)
     heatmaps: list[Heatmap] = field(default_factory=list)
+    window: int = 0
+    """The model's sliding window (0: no sliding-window layers)."""
+    sliding: set[int] = field(default_factory=set)
+    """Layers seen to attend only within the window (in documents longer than it)."""
 
     def of(self, variant: Variant) -> list[DocumentResult]:
         return [r for r in self.results if r.variant == variant]
@@ -128,8 +132,10 @@ class StudyResult:
 
     @property
     def main_variant(self) -> Variant:
-        """The plain text when it was read (forms keep :data:`VARIANTS` order): what the model
-        does with a first token that means nothing special."""
+        """The form the model reads when it continues text: with BOS first when its tokenizer adds
+        one (Gemma never sees a text without it), else the plain text."""
+        if self.add_bos and self.of("bos"):
+            return "bos"
         return self.variants[0]
 
 
@@ -142,6 +148,8 @@ def document_tokens(model: LlamaModel, doc: SinkDocument, variant: Variant) -> l
             return None
         return [model.bos, *model.tokenize(doc.text, add_special=False, parse_special=False)]
     template = model.chat_template()
+    if template is None:  # a base model: it is never read as a chat
+        return None
     rendered = template.render([{"role": "user", "content": doc.text}], add_generation_prompt=True)
     bos_in_text = bool(template.bos_token) and rendered.startswith(template.bos_token)
     return model.tokenize(rendered, add_special=model.add_bos and not bos_in_text, parse_special=True)
@@ -188,7 +196,7 @@ def run_study(
     if bad:
         raise SinkchatError(f"{model.name} has layers 0–{model.n_layer - 1}; cannot draw layers {bad}")
     bos = model.token_text(model.bos) if model.bos >= 0 else None
-    study = StudyResult(model.name, model.add_bos, bos, config)
+    study = StudyResult(model.name, model.add_bos, bos, config, window=model.n_swa)
     jobs = [(d, v) for d in docs for v in config.variants]
     with Progress(len(jobs), "documents", enabled=progress, unit="doc") as bar:
         for doc, variant in jobs:
@@ -203,12 +211,15 @@ def run_study(
             pieces = [model.token_text(t) for t in tokens]
             kinds = sink_stats.TokenKinds.of(pieces, [_is_special(model, t) for t in tokens])
             w = maps.weights
+            sliding = sink_stats.sliding_layers(w, study.window)
+            study.sliding.update(sliding)
+            windows = [study.window if layer in sliding else None for layer in range(len(w))]
             study.results.append(
                 DocumentResult(
                     document=doc.name,
                     variant=variant,
                     pieces=pieces,
-                    layers=sink_stats.layer_shares(w, kinds, config.from_query),
+                    layers=sink_stats.layer_shares(w, kinds, config.from_query, windows),
                     top_positions=sink_stats.top_positions(w, config.from_query),
                     top_kinds=sink_stats.top_kinds(w, kinds, config.from_query),
                     max_row_error=float(abs(w.sum(-1) - 1).max()),
@@ -237,6 +248,29 @@ def layer_means(results: Sequence[DocumentResult]) -> list[dict[str, Any]]:
 
 def recommendation(study: StudyResult) -> sink_stats.Recommendation:
     return sink_stats.recommend(layer_means(study.of(study.main_variant)), study.config.threshold)
+
+
+def layer_kinds(study: StudyResult) -> list[dict[str, Any]]:
+    """Sliding-window and global layers apart, in the main form: what each draws to the first token.
+
+    A sliding layer only behaves as one in a document longer than its window, so its row
+    averages those documents; global layers average every document.
+    """
+    if not study.sliding:
+        return []
+    results = study.of(study.main_variant)
+    n_layer = len(results[0].layers)
+    out = []
+    for kind, layers in (
+        ("sliding", sorted(study.sliding)),
+        ("global", [layer for layer in range(n_layer) if layer not in study.sliding]),
+    ):
+        rows = [r.layers[layer] for r in results for layer in layers if kind == "global" or r.layers[layer]["sliding"]]
+        if not layers or not rows:
+            continue
+        mean = sink_stats.mean_rows(rows, ("first_1", "top_first", "even", "local"))
+        out.append({"kind": kind, "layers": layers, "rows": len(rows), **mean})
+    return out
 
 
 def first_share(results: Sequence[DocumentResult], skip_layers: int = 0) -> float:
@@ -334,6 +368,9 @@ def write_results(study: StudyResult, out: Path) -> dict[str, Path | None]:
                 "threshold": rec.threshold,
                 "bos": bos_verdict(study),
                 "top_first_fraction": {v: top_first_fraction(study.of(v)) for v in study.variants},
+                "read_as": study.main_variant,
+                "sliding_window": study.window,
+                "layers_by_kind": layer_kinds(study),
             },
         ),
     }
@@ -341,8 +378,15 @@ def write_results(study: StudyResult, out: Path) -> dict[str, Path | None]:
         from sinkchat.bench import sink_plots
 
         baselines = {v: layer_means(study.of(v))[0]["even"] for v in study.variants}
+        n_layer = len(study.results[0].layers)
+        global_layers = [layer for layer in range(n_layer) if layer not in study.sliding] if study.sliding else []
         files["layers_png"] = sink_plots.sink_layers(
-            means, study.variants, out / "sinks_layers.png", title=study.model, baselines=baselines
+            means,
+            study.variants,
+            out / "sinks_layers.png",
+            title=study.model,
+            baselines=baselines,
+            global_layers=global_layers,
         )
         files["top_png"] = sink_plots.sink_top(top, kinds, out / "sinks_top.png", title=study.model)
         for heat in study.heatmaps:
