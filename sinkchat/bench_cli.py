@@ -97,11 +97,24 @@ def open_model(args: argparse.Namespace):  # -> LlamaModel
     return LlamaModel(resolve_model_path(args.model))
 
 
+def context_defaults() -> dict[str, Any]:
+    """What a bench's contexts run with when it does not choose: flash attention and the SWA cache."""
+    import llama_cpp
+
+    from models.options import LoadOptions
+
+    return {
+        "flash_attn_used": [LoadOptions().flash_attn],
+        "swa_full_used": [bool(llama_cpp.llama_context_default_params().swa_full)],
+    }
+
+
 def finish(out: Path, name: str, files: Mapping[str, Path | None], config: BaseModel, **about: Any) -> int:
-    """Save the run's configuration next to its results and say where they are."""
+    """Save the run's configuration, and what the contexts really used, next to its results."""
     from sinkchat.bench import plots
     from sinkchat.bench.report import write_json
 
+    about = {**context_defaults(), **about}
     files = {**files, "config": write_json(out / f"{name}_config.json", {**about, **config.model_dump()})}
     if not plots.available():
         print(plots.MISSING, file=sys.stderr)
@@ -173,7 +186,8 @@ def _endless(args: argparse.Namespace) -> int:
         print(f"{model.name} · {config.tokens:,} tokens per policy · cache {config.n_ctx} · {config.threads} threads")
         runs = run_endless(model, config, progress=not args.quiet)
     _print_table([summary(r) for r in runs], COLUMNS)
-    return finish(out, "endless", write_results(runs, out, config), config, model=model.name)
+    fallbacks = {r.policy: r.fallbacks for r in runs}
+    return finish(out, "endless", write_results(runs, out, config), config, model=model.name, fallbacks=fallbacks)
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -208,7 +222,9 @@ def _chat(args: argparse.Namespace) -> int:
         print(f"{model.name} · {2 * len(prompts)} turns per policy · cache {config.n_ctx} · {config.threads} threads")
         results = run_chat(model, config, prompts, progress=not args.quiet)
     _print_table([summary(p, t, n_ctx[p]) for p, t in results.items()], COLUMNS)
-    return finish(out, "chat", write_results(results, out, config, n_ctx), config, model=model.name)
+    fallbacks = {p: (t[-1].fallbacks if t else 0) for p, t in results.items()}
+    files = write_results(results, out, config, n_ctx)
+    return finish(out, "chat", files, config, model=model.name, fallbacks=fallbacks)
 
 
 def _speed(args: argparse.Namespace) -> int:

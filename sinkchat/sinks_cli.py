@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     worst = max(r.max_row_error for r in study.results)
     if worst > 1e-3:
         print(f"warning: attention rows sum to 1 only within {worst:.2g}", file=sys.stderr)
-    return finish(out, "sinks", write_results(study, out), config, model=model.name)
+    # The capture turns flash attention off: it never materialises the attention probabilities.
+    return finish(out, "sinks", write_results(study, out), config, model=model.name, flash_attn_used=["off"])
 
 
 def _ranges(layers: list[int]) -> str:

@@ -8,6 +8,7 @@ semantics; replies come from a script instead of sampling.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,6 +71,12 @@ class FakeContext(FakeKV):
         self.script: list[int] = []
         self.on_reply_start: list = []
         """Callables run at the first sample of each reply (the cache then holds the whole prompt)."""
+
+    def save_state(self) -> bytes:
+        return json.dumps(self.cells).encode()
+
+    def load_state(self, data: bytes) -> None:
+        self.cells = [(p, t) for p, t in json.loads(data)]
 
     def say(self, text: str) -> None:
         """The next reply: ``text`` and the end of turn."""

@@ -107,30 +107,41 @@ def test_truncating_a_sliding_window_cache_reads_again_when_the_window_is_gone()
 # -- Gemma 3 270M, a real interleaved sliding-window model -------------------------------
 
 
-def latencies(chat, prompt: str, n: int) -> list[float]:  # noqa: ANN001
-    out, last = [], time.perf_counter()
-    for _ in chat.generate(prompt, max_tokens=n, stop_at_eos=False):
-        now = time.perf_counter()
-        out.append(now - last)
-        last = now
-        assert chat.engine.n_cached <= chat.n_ctx
-    return out
-
-
 @pytest.mark.slow
 def test_gemma_shifts_through_a_long_generation_without_stalls(gemma_path: Path) -> None:
+    """4,500 tokens at n_ctx 2048: the full-size window cache is chosen, and every step reads one token.
+
+    A stall is work, not time: a re-read evaluates the whole kept cache (1,500+ tokens) in
+    one step.  Counting the tokens each step evaluates tells it apart deterministically on a
+    shared machine; the latencies themselves (2.5x the median at most, against 136x when
+    re-reading) are measured side by side in ``benchmarks/bench_swa.py``.
+    """
     from sinkchat.chat import Chat
 
     with Chat.load(gemma_path, n_ctx=2048, sampling={"seed": 3}) as chat:
         assert chat.context.n_swa == 512
         assert chat.context.swa_full and chat.context.can_shift  # chosen: the memory fits
         assert any("full-size SWA cache" in note for note in chat.notes)
-        times = latencies(chat, "The history of the city of Rome", 4500)
+        batches: list[int] = []
+        decode = chat.context.decode
+
+        def counting(tokens, start, logits="last"):  # noqa: ANN001, ANN202
+            batches.append(len(tokens))
+            return decode(tokens, start, logits)
+
+        chat.context.decode = counting  # type: ignore[method-assign]
+        times, last = [], time.perf_counter()
+        for _ in chat.generate("The history of the city of Rome", max_tokens=4500, stop_at_eos=False):
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+            assert chat.engine.n_cached <= chat.n_ctx
         assert chat.last_reply is not None and chat.last_reply.n_tokens == 4500
         stats = chat.stats
-        assert stats.shifts >= 4 and stats.fallbacks == 0 and stats.n_cached <= 2048
-        assert chat.context.pos_max() == stats.n_cached - 1
-        assert max(times[1:]) < 5 * statistics.median(times)
+        assert stats.shifts >= 4 and stats.fallbacks == 0 and stats.reread_tokens == 0
+        assert chat.context.pos_max() == stats.n_cached - 1 and stats.n_cached <= 2048
+        assert batches[1:] == [1] * (len(batches) - 1)  # after the prompt, one token per step: shifts, no re-read
+        print(f"max/median token latency: {max(times[1:]) / statistics.median(times):.1f}")
 
 
 @pytest.mark.slow
