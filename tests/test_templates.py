@@ -111,6 +111,12 @@ class Conformance:
         self.exchanges.append((old[0], reply))
 
 
+def conforming(name: str, *, window: int, system: str | None, keep: bool = True) -> Conformance:
+    """A fresh chat on the fake model with ``name``'s template, checked at every reply."""
+    chat, ctx = fake_chat(name, window=window, system=system, keep=keep)
+    return Conformance(chat, ctx, system, keep=keep)
+
+
 def _diff(a: str, b: str) -> str:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -235,8 +241,7 @@ _REPLY = st.tuples(st.booleans(), _TEXT, _TEXT).map(
 def test_the_cache_is_the_templates_rendering_at_every_reply(
     name: str, system: str | None, window: int, turns: list[tuple[str, str]], regenerate_at: set[int]
 ) -> None:
-    chat, ctx = fake_chat(name, window=window, system=system)
-    run = Conformance(chat, ctx, system)
+    run = conforming(name, window=window, system=system)
     for i, (user, reply) in enumerate(turns):
         run.send(user, reply)
         if i in regenerate_at:
@@ -247,8 +252,8 @@ def test_the_cache_is_the_templates_rendering_at_every_reply(
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_the_system_prompt_survives_fifty_shifts(name: str) -> None:
     system = "You are a pirate. Always say arr."
-    chat, ctx = fake_chat(name, window=420, system=system)
-    run = Conformance(chat, ctx, system)
+    run = conforming(name, window=420, system=system)
+    chat = run.chat
     for i in range(90):
         run.send(
             f"Question {i}: what is {i} + {i}?", f"<think>\nadd\n</think>\n\nArr, {2 * i}." if i % 3 else f"{2 * i}"
@@ -262,13 +267,12 @@ def test_the_system_prompt_survives_fifty_shifts(name: str) -> None:
 
 def unpinned(name: str, system: str, turns: int, *, conforms: bool = True) -> Conformance:
     """A chat whose system prompt is not pinned (``--no-keep-system-prompt``), after ``turns`` exchanges."""
-    chat, ctx = fake_chat(name, window=420, system=system, keep=False)
-    run = Conformance(chat, ctx, system, keep=False)
+    run = conforming(name, window=420, system=system, keep=False)
     if not conforms:  # no template rendering holds here, by request: only count the turns
         run.check = lambda: None  # type: ignore[method-assign]
     for i in range(turns):
         run.send(f"Question number {i} is here?", f"Answer number {i} is this.")
-    assert chat.stats.shifts > 0
+    assert run.chat.stats.shifts > 0
     return run
 
 
@@ -288,8 +292,8 @@ def test_an_unpinned_system_block_is_evicted_like_an_old_turn_keeping_the_sinks(
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_rebuild_and_restore_read_history_in_the_templates_form(name: str) -> None:
     system = "Be helpful."
-    chat, ctx = fake_chat(name, window=500, system=system)
-    run = Conformance(chat, ctx, system)
+    run = conforming(name, window=500, system=system)
+    chat = run.chat
     for i in range(6):
         run.send(f"q{i} " * 4, f"<think>\nr{i}\n</think>\n\na{i} " * 3)
     state, kv = chat.capture()
@@ -300,10 +304,9 @@ def test_rebuild_and_restore_read_history_in_the_templates_form(name: str) -> No
     assert run.checked == 7
 
     # A snapshot behind the messages: the restored cache reads the missing exchanges in the template's form.
-    again, ctx2 = fake_chat(name, window=500, system=system)
+    resumed = conforming(name, window=500, system=system)
     history = [m for m in chat.messages if m["role"] != "system"]
-    assert again.restore(state, kv, history, system) > 0
-    resumed = Conformance(again, ctx2, system)
+    assert resumed.chat.restore(state, kv, history, system) > 0
     resumed.exchanges = list(run.exchanges)
     resumed.send("after the restore", "yes")
     assert resumed.checked == 1
