@@ -117,9 +117,9 @@ class Chat:
         """Where the model runs, e.g. ``CPU`` or ``CUDA0 · 30/30 layers``."""
         self._can_shift = context.can_shift  # read once: stats must not call into llama.cpp from other threads
         self.template = template or model.chat_template()
+        """The chat template in use; None for a base model without one."""
         self.template_spec: str | None = None
         """The ``chat_template`` this chat was loaded with (a name or file), None for the model's own."""
-        """The chat template in use; None for a base model without one."""
         self.format: ChatFormat | None = None
         """How the template lays out turns; None when the model cannot chat turn by turn (see ``chat_problem``)."""
         self.chat_problem: str | None = None
@@ -440,7 +440,7 @@ class Chat:
             for i in range(0, len(rest) - 1, 2):
                 self._append_exchange(self._group + 1, rest[i]["content"], rest[i + 1]["content"])
                 self._group += 1
-            self.messages = seen + [{"role": m["role"], "content": m["content"]} for m in rest[: len(rest) // 2 * 2]]
+            self.messages = seen + [{"role": m["role"], "content": m["content"]} for m in rest]
             return engine.n_cached + engine.evicted_tokens - before
 
     @staticmethod
@@ -498,11 +498,8 @@ class Chat:
         generation: bool = True,
     ) -> int | None:
         """Feed a user turn (and the reply's opening); the number of tokens, or None if cancelled."""
-        turn = self._turn(group, text)
-        first = not self.engine.tokens
-        opener = self._tokenize(turn.open, first=first)
-        body = self._span_tokens(turn.body, first=first and not opener)
-        prompt = self._tokenize(turn.generation) if generation else []
+        opener, body = self._user_tokens(self._turn(group, text), first=not self.engine.tokens)
+        prompt = self._tokenize(self._chat_format().generation) if generation else []
         need = len(opener) + len(body) + len(prompt)
         # Room first: if that evicts every older exchange, this turn follows the pins (which open it, when folded).
         self.engine.make_room(min(need, self.engine.chunk_size()), group)
@@ -526,8 +523,13 @@ class Chat:
     def _exchange_tokens(self, user: str, reply: str) -> list[int]:
         """The tokens of one whole exchange (a good estimate of its size in the cache)."""
         fmt = self._chat_format()
-        turn = fmt.user(user)
-        return self._tokenize(turn.open) + self._span_tokens(turn.body) + self._span_tokens(fmt.reply(reply).spans)
+        opener, body = self._user_tokens(fmt.user(user))
+        return opener + body + self._span_tokens(fmt.reply(reply).spans)
+
+    def _user_tokens(self, turn: UserTurn, *, first: bool = False) -> tuple[list[int], list[int]]:
+        """A user turn's opening markup and the rest, as tokens (BOS before whichever comes first)."""
+        opener = self._tokenize(turn.open, first=first)
+        return opener, self._span_tokens(turn.body, first=first and not opener)
 
     def _span_tokens(self, spans: Sequence[Span], *, first: bool = False) -> list[int]:
         """Tokens of template pieces: markup parsed for special tokens, literal text kept as text."""

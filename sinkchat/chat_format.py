@@ -296,40 +296,27 @@ class ChatFormat:
 
     # -- the reference ---------------------------------------------------------------------
 
-    def equivalent_messages(
-        self, system: str | None, exchanges: Sequence[tuple[str, str]], next_user: str | None, *, pinned: bool = True
-    ) -> list[Message]:
-        """The messages whose full rendering the cache holds (the conformance reference).
+    def reference(self, system: str | None, exchanges: Sequence[tuple[str, str]], next_user: str) -> str:
+        """The template's own rendering of what the cache must hold when the next reply starts.
 
-        For native and first-user templates these are the chat's own messages.  Where
-        sinkchat folds the system prompt itself, it is part of the oldest user message.
+        For native and first-user templates that is the rendering of the chat's own
+        messages.  Where sinkchat places the system prompt itself (last-user, refused,
+        dropped), it is the documented equivalent: the system prompt, the separator, then
+        the oldest cached user message as the template renders it, as one message.
         """
         messages: list[Message] = []
         for user, reply in exchanges:
             messages += [_user(user), _assistant(reply)]
-        if next_user is not None:
-            messages.append(_user(next_user))
-        if not system or (not pinned and self.folds_system):
-            return messages
+        messages.append(_user(next_user))
+        if not system:
+            return self._render(messages, True)
         if self.placement in ("native", "first_user"):
-            return [_system(system), *messages]
-        if messages:  # the template cannot place it: the system prompt, a separator, the message as rendered
-            messages[0] = _user(system + self.separator + self._user_content(messages[0]["content"]))
-        return messages
-
-    def reference(
-        self, system: str | None, exchanges: Sequence[tuple[str, str]], next_user: str, *, pinned: bool = True
-    ) -> str:
-        """The template's own rendering of what the cache must hold when the next reply starts."""
-        messages = self.equivalent_messages(system, exchanges, next_user, pinned=pinned)
-        if system and pinned and self.placement in ("refused", "ignored"):
-            # The template sees [system prompt, separator, message] as one message, but only the message is
-            # its content: a template that trims must not eat the separator of a blank message.
-            first = messages[0]["content"]
-            body = first[len(system + self.separator) :]
-            messages[0] = _user(system + self.separator + U1)
-            return self._render(messages, True).replace(U1, body)
-        return self._render(messages, True)
+            return self._render([_system(system), *messages], True)
+        # Only the message is that message's content: a template that trims must not eat the
+        # separator of a blank message, so the content goes in after the rendering.
+        body = self._user_content(messages[0]["content"])
+        messages[0] = _user(system + self.separator + U1)
+        return self._render(messages, True).replace(U1, body)
 
     def assemble(self, system: str | None, exchanges: Sequence[tuple[str, str]], next_user: str) -> str:
         """What sinkchat's pieces add up to for the same chat (pinned system prompt)."""

@@ -8,7 +8,7 @@ start of every reply, the cache's text must equal the template's own full render
 [system prompt + the exchanges still cached + the new message], with the generation prompt.
 Where sinkchat places the system prompt itself (templates that put it in the last user
 message, refuse it or drop it), the reference is the documented equivalent of
-:meth:`ChatFormat.equivalent_messages`: the system prompt folded into the oldest cached
+:meth:`ChatFormat.reference`: the system prompt folded into the oldest cached
 user message.  The slow tests run the same property on the real SmolLM2 weights through
 ``chat_template=``.
 """
@@ -263,6 +263,17 @@ def test_the_system_prompt_survives_fifty_shifts(name: str) -> None:
     assert chat.stats.shifts >= 50 and run.checked >= 50
     assert chat.stats.fallbacks == 0
     assert system in run.cache_text()
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama-3.2", "qwen-3"])
+def test_a_reply_cut_by_a_stop_string_is_cached_as_its_saved_text(name: str) -> None:
+    """The tokens past the stop string are read no further: the next prompt is the template's again."""
+    run = conforming(name, window=500, system="Be brief.")
+    run.ctx.say("Hello there STOP and more")
+    assert "".join(run.chat.send("hi", stop=["STOP"])) == "Hello there "
+    run.exchanges.append(("hi", "Hello there "))
+    run.send("next", "fine")
+    assert run.checked == 1
 
 
 def unpinned(name: str, system: str, turns: int, *, conforms: bool = True) -> Conformance:
