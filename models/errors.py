@@ -19,5 +19,9 @@ class ModelLoadError(ModelError):
     """llama.cpp refused to load the model or create its context (often: not enough memory)."""
 
 
+class ContextTooLargeError(ModelLoadError):
+    """The KV cache and compute buffers of the asked ``n_ctx`` would not fit the memory there is."""
+
+
 class DecodeError(ModelError):
     """llama.cpp failed to evaluate a batch of tokens."""

@@ -8,6 +8,8 @@ arrays; the type tables come from the ``gguf`` package.
 from __future__ import annotations
 
 import mmap
+import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -114,16 +116,53 @@ def _tensor_nbytes(dims: list[int], ggml_type: int) -> int | None:
     return n * type_size // block
 
 
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _not_regular(path: Path, mode: int) -> ModelFileError:
+    if stat.S_ISDIR(mode):
+        return ModelFileError(f"{path} is a directory, not a GGUF model file")
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a file")
+    return ModelFileError(f"{path} is not a regular file ({kind}); a model is a GGUF file")
+
+
+def regular_file(path: str | Path) -> os.stat_result:
+    """``path``'s status (through links) when it is a regular file, else a :class:`ModelFileError`.
+
+    Checked before any model file is opened: opening a FIFO waits for a writer forever,
+    and a device never ends.
+    """
+    path = Path(path)
+    try:
+        status = path.stat()
+    except FileNotFoundError as exc:
+        raise ModelFileError(f"model file not found: {path}") from exc
+    except PermissionError as exc:
+        raise ModelFileError(f"cannot read {path}: permission denied") from exc
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(status.st_mode):
+        raise _not_regular(path, status.st_mode)
+    return status
+
+
 def read_gguf(path: str | Path) -> GGUFInfo:
     """Parse the header of a GGUF file; raise :class:`ModelFileError` with a clear reason if it is not usable."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise ModelFileError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelFileError(f"{path} is a directory, not a GGUF model file")
+    regular_file(path)
     try:
-        with path.open("rb") as fh:
-            size = path.stat().st_size
+        # Non-blocking, should the file have become a FIFO since it was looked at; checked again once open.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as fh:
+            status = os.fstat(fh.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise _not_regular(path, status.st_mode)
+            size = status.st_size
             if size < 24:
                 raise ModelFileError(f"{path} is not a GGUF model file (only {size} bytes)")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:

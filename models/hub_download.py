@@ -5,6 +5,8 @@
 callback and stops the transfer when asked to.  Each part's size and SHA-256 are checked
 against the Hub's LFS metadata before the model is offered; a cancelled, failed or
 corrupt download removes the parts it fetched, so nothing half-done is listed as a model.
+A download killed outright (SIGKILL, a crash) leaves a partial blob that
+:func:`sweep_partials` removes once its writer is gone.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from models.units import human_bytes as _gb
 
 SPACE_MARGIN = 1.05
 """Free space wanted beyond the download itself."""
+
+STALE_AFTER = 600.0
+"""Seconds a partial with no live writer must have stood still before a sweep removes it."""
 
 
 class DownloadCancelled(HubError):
@@ -74,26 +79,27 @@ def pull(
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     folder = cache_dir(cache)
-    folder.mkdir(parents=True, exist_ok=True)
-    missing = [
-        p for p in choice.parts if not isinstance(try_to_load_from_cache(repo_id, p.path, cache_dir=folder), str)
-    ]
-    need = int(sum(p.size for p in missing) * SPACE_MARGIN)
-    free = (free_space or _free_bytes)(folder)
-    if need > free:
+    with _errors(f"download {choice.name} from {repo_id}", repo_id, folder=folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep_partials(folder)
+        cached = {
+            p.path for p in choice.parts if isinstance(try_to_load_from_cache(repo_id, p.path, cache_dir=folder), str)
+        }
+        need = sum(p.size for p in choice.parts if p.path not in cached)
+        free = (free_space or _free_bytes)(folder)
+    if int(need * SPACE_MARGIN) > free:
         raise HubError(
-            f"{choice.name} needs {_gb(need)} of disk space and {folder} has {_gb(free)} free; "
+            f"{choice.name} needs {_gb(int(need * SPACE_MARGIN))} of disk space and {folder} has {_gb(free)} free; "
             "free some space or set HF_HUB_CACHE to another disk"
         )
-    meter = _Meter(choice.size - sum(p.size for p in missing), choice.size, on_progress, cancel)
+    meter = _Meter(choice.size - need, choice.size, on_progress, cancel)
     fetched: list[Path] = []
     paths: list[Path] = []
     try:
         for part in choice.parts:
             meter.part = part.path
             meter.check()
-            cached = part not in missing
-            with _errors(f"download {part.path} from {repo_id}", repo_id):
+            with _errors(f"download {part.path} from {repo_id}", repo_id, folder=folder, need=need):
                 path = Path(
                     hf_hub_download(
                         repo_id,
@@ -104,15 +110,56 @@ def pull(
                         tqdm_class=meter.tqdm_class(),
                     )
                 )
-            if not cached:
-                fetched.append(path)
-                _verify(path, part)
+                if part.path not in cached:
+                    fetched.append(path)
+                    _verify(path, part)
             paths.append(path)
     except BaseException:
         for path in fetched:  # nothing half-done may look like a model
             _remove_cached(path)
         raise
     return paths[0]
+
+
+def sweep_partials(
+    cache: str | Path | None = None, repo_id: str | None = None, *, quiet_for: float = STALE_AFTER
+) -> int:
+    """Remove the ``.incomplete`` blobs of downloads whose process died (SIGKILL, a crash); returns the bytes freed.
+
+    huggingface_hub writes a partial only while it holds an flock on ``.locks/<repo>/<etag>.lock``
+    and the kernel drops that lock when the writer dies, so a partial whose lock is free at once
+    has no live writer; it is removed under that lock, so no download can start on it meanwhile.
+    It must also have stood still for ``quiet_for`` seconds: a backstop for mounts where flock
+    grants everyone (some NFS, Lustre, GPFS).  A live download writes every 10 MB, so even a slow
+    one grows well within that.  Without flock (Windows) nothing is swept.  ``repo_id``: only
+    that repository's partials.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return 0
+    folder = cache_dir(cache)
+    repo = "models--" + repo_id.replace("/", "--") if repo_id else "models--*"
+    freed = 0
+    for partial in folder.glob(f"{repo}/blobs/*.incomplete"):
+        etag = partial.name.split(".", 1)[0]  # <etag>[.<random>].incomplete
+        lock = folder / ".locks" / partial.parent.parent.name / f"{etag}.lock"
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o664)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a writer holds it
+            seen = partial.stat()
+            if time.time() - seen.st_mtime >= quiet_for:
+                partial.unlink()
+                freed += seen.st_size
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # releases the flock
+    return freed
 
 
 def _verify(path: Path, part: HubFile) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from models import llama_log
 from models.errors import DecodeError, ModelLoadError
+from models.fit import check_context
 from models.llama_model import LlamaModel
 from models.native import NativeHandle
 from models.options import GGML_TYPE_IDS, LoadOptions, default_threads
@@ -34,6 +35,8 @@ class LlamaContext(NativeHandle):
         (see :mod:`models.attention`); it is kept referenced as long as the context lives."""
         import llama_cpp
 
+        # Before llama.cpp allocates: a CPU cache beyond the RAM gets the process killed without a word.
+        check_context(model.info, options, n_gpu_layers=model.n_gpu_layers, weights_loaded=True)
         self._lib = llama_cpp
         self.model = model
         self.options = options
@@ -98,7 +101,7 @@ class LlamaContext(NativeHandle):
             rc = self._lib.llama_decode(self.ptr, batch)
             if rc != 0:
                 problems = llama_log.recent_problems(2)
-                detail = f": {problems[-1]}" if problems else ""
+                detail = f": {' '.join(problems[-1].split())}" if problems else ""  # one line
                 raise DecodeError(f"llama_decode failed with code {rc} at position {start + offset}{detail}")
 
     def logits(self, index: int = -1) -> np.ndarray:
@@ -192,7 +195,7 @@ class LlamaContext(NativeHandle):
         if read == 0:
             self.clear()
             problems = llama_log.recent_problems(2)
-            detail = f": {problems[-1]}" if problems else ""
+            detail = f": {' '.join(problems[-1].split())}" if problems else ""  # one line
             raise DecodeError(f"llama.cpp rejected the saved KV cache{detail}")
 
     def _free(self, ptr: object) -> None:

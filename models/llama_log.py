@@ -68,8 +68,12 @@ def clear() -> None:
 
 
 def explain(problems: list[str]) -> str:
-    """The most telling of llama.cpp's recent complaints, as a line for an error message."""
+    """The most telling of llama.cpp's recent complaints, to end an error message on the same line.
+
+    An error is one line (the CLI prints ``sinkchat: error: ...``), so llama.cpp's text is
+    joined with a space and its own line breaks and column padding are folded.
+    """
     if not problems:
         return ""
     telling = [p for p in problems if "error" in p.lower()] or problems
-    return f"\nllama.cpp said: {telling[-1]}"
+    return f" llama.cpp said: {' '.join(telling[-1].split())}"

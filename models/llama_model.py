@@ -15,7 +15,8 @@ from pathlib import Path
 from models import llama_log
 from models.chat_template import ChatTemplate
 from models.errors import ModelError, ModelLoadError, UnsupportedModelError
-from models.gguf_meta import GGUFInfo, read_gguf
+from models.gguf_meta import GGUFInfo, read_gguf, regular_file
+from models.local_models import split_parts
 from models.native import NativeHandle
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class LlamaModel(NativeHandle):
     def __init__(self, path: str | Path, *, n_gpu_layers: int | None = None, use_mmap: bool = True) -> None:
         self.path = Path(path).expanduser()
         self.info = read_gguf(self.path)
+        for part in split_parts(self.path)[1:]:  # llama.cpp opens the other parts of a split model itself
+            regular_file(part)
         ensure_backend()
         import llama_cpp
 

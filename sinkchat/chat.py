@@ -28,6 +28,8 @@ from models.chat_template import ChatTemplate
 from models.default_model import INSTALL_HINT, default_model_path
 from models.device import describe_placement
 from models.errors import ModelFileError
+from models.fit import check_context
+from models.gguf_meta import read_gguf
 from models.llama_context import LlamaContext
 from models.llama_model import LlamaModel
 from models.options import LoadOptions
@@ -79,7 +81,7 @@ def resolve_model_path(model: str | Path | None) -> Path:
     path = default_model_path()
     if path is None:
         raise ModelFileError(
-            f"no model given and the embedded default model is not installed.\nInstall it: {INSTALL_HINT}"
+            f"no model given and the embedded default model is not installed; install it: {INSTALL_HINT}"
         )
     return path
 
@@ -177,20 +179,22 @@ class Chat:
         template_source = resolve_template(chat_template) if chat_template is not None else None  # before the weights
         if isinstance(sampling, dict):
             sampling = SamplingSettings(**sampling)
-        llama_model = LlamaModel(
-            resolve_model_path(model), n_gpu_layers=options.n_gpu_layers, use_mmap=options.use_mmap
-        )
+        path = resolve_model_path(model)
+        info = read_gguf(path)  # the header: a bad file or a context too large fails before any loading
         swa = None
+        if options.swa_full is None:
+            swa = choose_swa_full(
+                info,
+                n_ctx,
+                n_ubatch=options.n_ubatch or options.n_batch,
+                type_k=options.type_k,
+                type_v=options.type_v,
+                flash_attn=options.flash_attn != "off",
+            )
+            options = options.model_copy(update={"swa_full": swa.swa_full})
+        check_context(info, options, n_gpu_layers=options.n_gpu_layers)
+        llama_model = LlamaModel(path, n_gpu_layers=options.n_gpu_layers, use_mmap=options.use_mmap)
         try:
-            if options.swa_full is None:
-                swa = choose_swa_full(
-                    llama_model.info,
-                    n_ctx,
-                    n_ubatch=options.n_ubatch or options.n_batch,
-                    type_k=options.type_k,
-                    type_v=options.type_v,
-                )
-                options = options.model_copy(update={"swa_full": swa.swa_full})
             context = LlamaContext(llama_model, options)
         except BaseException:
             llama_model.close()

@@ -215,8 +215,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = settings_for_run(args)
     given = given_settings(args)
     library = library_for(settings)
-    if library.store.recovery:
-        print(f"sinkchat: {library.store.recovery}", file=sys.stderr)
+    _report_store(library.store)
     plan = plan_open(library, settings, model=args.model, resume=args.resume, given=given)
     if not args.plain and sys.stdin.isatty() and sys.stdout.isatty():
         tui = _frontend("tui")
@@ -228,8 +227,10 @@ def _run(args: argparse.Namespace) -> int:
     from sinkchat.opening import open_session
     from sinkchat.plain import run_plain
 
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 become U+FFFD, never a traceback
+        sys.stdin.reconfigure(errors="replace")
     if sys.stdin.isatty():
-        print(f"loading {plan.model_path.name} ...", file=sys.stderr)
+        print(f"loading {inert_line(plan.model_path.name)} ...", file=sys.stderr)
     chat = Chat.load(plan.model_path, **plan.load_options)
     try:
         session = open_session(chat, library, plan, given)
@@ -245,18 +246,27 @@ def _sessions(args: argparse.Namespace) -> int:
     from sinkchat.settings import load_settings
 
     library = library_for(load_settings())
-    if library.store.recovery:
-        print(f"sinkchat: {library.store.recovery}", file=sys.stderr)
+    _report_store(library.store)
     store = library.store
     if args.action == "list":
         rows = store.list(search=args.search, limit=args.limit)
         if not rows:
-            print("no sessions" + (f" matching {args.search!r}" if args.search else ""), file=sys.stderr)
+            print(
+                "no sessions" + (f" matching {inert_line(repr(args.search))}" if args.search else ""), file=sys.stderr
+            )
         for info in rows:
             when = info.updated_at.astimezone().strftime("%Y-%m-%d %H:%M")
             flag = "*" if library.is_open(info.id) else " "
             title = inert_line(info.title or "(untitled)")
-            print(f"{info.short_id}{flag} {when}  {info.n_messages:>4} msgs  {info.model_name[:28]:<28}  {title}")
+            model = inert_line(info.model_name, 28)
+            print(f"{info.short_id}{flag} {when}  {info.n_messages:>4} msgs  {model:<28}  {title}")
+        damaged = [info.short_id for info in rows if info.damaged_text]
+        if damaged:
+            print(
+                f"sinkchat: session(s) {', '.join(damaged)} hold bytes that are not UTF-8 in their title or "
+                "settings; shown as \ufffd",
+                file=sys.stderr,
+            )
     elif args.action == "show":
         sid = store.resolve(args.id)
         print(inert(library.export(sid, "md")), end="")
@@ -277,7 +287,7 @@ def _sessions(args: argparse.Namespace) -> int:
             sys.stdout.write(text if args.format == "json" else inert(text))
         else:
             _write_file(args.output, text)
-            print(f"wrote {args.output}", file=sys.stderr)
+            print(f"wrote {inert_line(str(args.output))}", file=sys.stderr)
     else:
         try:
             data = args.file.read_bytes()
@@ -286,6 +296,12 @@ def _sessions(args: argparse.Namespace) -> int:
         info = library.import_json(data)
         print(f"imported {info.short_id}: {inert_line(info.title)} ({info.n_messages} messages)")
     return 0
+
+
+def _report_store(store) -> None:  # noqa: ANN001 (a SessionStore; imported lazily)
+    """Damage found on opening, once, on stderr (the UIs show it on their own)."""
+    if store.recovery:
+        print(f"sinkchat: {inert(store.recovery)}", file=sys.stderr)
 
 
 def _write_file(path: Path, text: str) -> None:
@@ -360,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except _user_error_types() as exc:
-        print(f"sinkchat: error: {_describe(exc)}", file=sys.stderr)
+        print(f"sinkchat: error: {inert(_describe(exc))}", file=sys.stderr)
         return EXIT_USAGE
 
 

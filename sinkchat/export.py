@@ -78,11 +78,17 @@ def from_json(text: str | bytes) -> ExportedSession:
     return doc
 
 
+def _heading(text: str, limit: int = 200) -> str:
+    """A title as one heading line: a title imported from elsewhere may be any length."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def to_markdown(info: SessionInfo, messages: list[StoredMessage]) -> str:
     """A readable transcript.  Message text is written as it is: it is the user's data."""
-    lines = [f"# {info.title or 'Untitled chat'}", ""]
+    lines = [f"# {_heading(info.title) or 'Untitled chat'}", ""]
     lines.append(f"- session: `{info.id}`")
-    lines.append(f"- model: {info.model_name}")
+    lines.append(f"- model: {_heading(info.model_name)}")
     lines.append(f"- started: {info.created_at.astimezone().strftime('%Y-%m-%d %H:%M')}")
     lines.append("")
     if info.system_prompt:

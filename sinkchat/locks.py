@@ -3,12 +3,17 @@
 ``flock`` (``msvcrt.locking`` on Windows) is released by the kernel when the owning
 process exits, also after SIGKILL, so a crashed sinkchat never leaves a stale lock.
 The file holds the owner's pid, for the message the second process shows.
+
+Asking whether a session is open (``sinkchat sessions list`` marks open ones) takes a
+*shared* lock for an instant; an owner that meets such a probe tries again for a
+moment instead of reporting the session as open elsewhere.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from sinkchat.errors import SinkchatError
@@ -18,6 +23,14 @@ class SessionLockedError(SinkchatError):
     """The session is open in another sinkchat process."""
 
 
+class LockFileError(SinkchatError):
+    """The lock file cannot be made (a read-only or full data folder)."""
+
+
+PROBE_GRACE = 0.5
+"""Seconds an owner keeps trying while the lock may only be held by a probe."""
+
+
 class SessionLock:
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
@@ -25,11 +38,20 @@ class SessionLock:
 
     @classmethod
     def acquire(cls, path: Path, what: str = "this session") -> SessionLock:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            _lock(fd)
-        except OSError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LockFileError(f"cannot lock {what}: {exc.strerror or exc} ({path})") from None
+        deadline = time.monotonic() + PROBE_GRACE
+        while True:
+            try:
+                _lock(fd)
+                break
+            except OSError:
+                if time.monotonic() < deadline:  # perhaps only a probe, holding it for microseconds
+                    time.sleep(0.02)
+                    continue
             owner = _read_owner(fd)
             os.close(fd)
             by = f" (process {owner})" if owner else ""
@@ -37,19 +59,22 @@ class SessionLock:
                 f"{what} is open in another sinkchat{by}; close it there first, or view it with "
                 "`sinkchat sessions show`"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:  # a full disk: the lock holds all the same, only the owner's pid is not shown
+            pass
         return cls(path, fd)
 
     @staticmethod
     def is_locked(path: Path) -> bool:
-        """True while another process holds the lock (a probe that takes and drops it)."""
+        """True while a process (this one included) holds the lock; a shared probe, never blocking probes."""
         try:
-            fd = os.open(path, os.O_RDWR)
+            fd = os.open(path, os.O_RDONLY)
         except OSError:
             return False
         try:
-            _lock(fd)
+            _lock(fd, shared=True)
         except OSError:
             return True
         else:
@@ -88,7 +113,7 @@ def _read_owner(fd: int) -> str:
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
 
-    def _lock(fd: int) -> None:
+    def _lock(fd: int, shared: bool = False) -> None:
         os.lseek(fd, 0, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
 
@@ -99,8 +124,8 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
 else:
     import fcntl
 
-    def _lock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    def _lock(fd: int, shared: bool = False) -> None:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
 
     def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -14,6 +17,8 @@ from sinkchat.errors import SinkchatError
 from sinkchat.safe_text import inert_line
 
 SORTS = {"downloads": "downloads", "likes": "likes", "recent": "last_modified", "trending": "trending_score"}
+STOP_SIGNALS = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+"""Signals that end a pull the way Ctrl-C does: with its partial files removed."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -128,7 +133,12 @@ def _pull(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     err.write(f"pulling {repo} {picked.quant or picked.name} ({_size(picked.size)})\n")
     try:
-        path = pull(repo, picked, on_progress=show, cancel=cancel)
+        with _stopped_by(STOP_SIGNALS):
+            path = pull(repo, picked, on_progress=show, cancel=cancel)
+    except Stopped as stop:
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            err.write(f"\nstopped by {signal.Signals(stop.signum).name}; nothing was kept\n")
+        return 128 + stop.signum
     except KeyboardInterrupt:
         cancel.set()
         err.write("\ncancelled; nothing was kept\n")
@@ -136,10 +146,52 @@ def _pull(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except DownloadCancelled:
         err.write("\ncancelled; nothing was kept\n")
         return 130
+    except Exception:
+        if shown["at"]:
+            err.write("\n")  # the error goes on a line of its own, not after the progress
+        raise
     err.write("\n")
     out.write(f"{path}\n")
     err.write(f"chat with it: sinkchat run --model {path}\n")
     return 0
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal, raised in the main thread like Ctrl-C so that whatever cleans up after Ctrl-C runs.
+
+    huggingface_hub removes its partial blob on the way out, and :func:`models.hub_download.pull`
+    the parts it had finished; the default action of SIGTERM and SIGHUP would leave both on disk.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stopped_by(signums: list[int]) -> Iterator[None]:
+    """Raise :class:`Stopped` on the first of ``signums``; later ones are ignored so the cleanup can finish."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        if not stopping:
+            stopping.append(signum)
+            raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _swept(freed: int, err: TextIO) -> None:
+    if freed:
+        err.write(f"removed {_size(freed)} of unfinished downloads left by stopped pulls\n")
 
 
 def _library():  # noqa: ANN202
@@ -152,6 +204,9 @@ def _library():  # noqa: ANN202
 
 
 def _list(out: TextIO, err: TextIO) -> int:
+    from models.hub_download import sweep_partials
+
+    _swept(sweep_partials(), err)
     models = _library()
     if not models:
         err.write("no models on this machine yet; find one with: sinkchat models search QUERY\n")
@@ -174,6 +229,7 @@ def _templates(out: TextIO) -> int:
 
 
 def _rm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from models.hub_download import sweep_partials
     from models.local_models import delete_model
 
     models = _library()
@@ -193,6 +249,8 @@ def _rm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return 1
     removed = delete_model(model)
     out.write(f"deleted {model.name} ({len(removed)} files)\n")
+    if model.repo_id:
+        _swept(sweep_partials(repo_id=model.repo_id), err)
     return 0
 
 

@@ -65,16 +65,17 @@ def run_plain(
     interactive = stdin.isatty()
     continuing = chat.chat_problem is not None
     if continuing:  # one line, whatever the mode: this model continues text, it does not chat
-        stderr.write(f"sinkchat: {chat.chat_problem} Continuing text instead (not saved).\n")
+        stderr.write(f"sinkchat: {inert(chat.chat_problem)} Continuing text instead (not saved).\n")
     if interactive:
         import readline  # noqa: F401  (line editing and history for input())
 
         stderr.write(f"{chat.model_name} · n_ctx {chat.n_ctx} · {chat.chat.sinks.sink_tokens} sink tokens · /help\n")
         for note in chat.notes:
-            stderr.write(f"note: {note}\n")
+            stderr.write(f"note: {inert(note)}\n")
         _show_resumed(chat, stderr)
     elif chat.note:
-        stderr.write(f"sinkchat: {chat.note}\n")
+        stderr.write(f"sinkchat: {inert(chat.note)}\n")
+    shown_error: str | None = None
     while True:
         try:
             text = _read_message(stdin, interactive)
@@ -113,8 +114,9 @@ def run_plain(
                 stdout.flush()
         if chat.last_reply is not None and chat.last_reply.finish_reason == "cancelled":
             stderr.write(" [stopped]")
-        if chat.save_error:
-            stderr.write(f"\nsinkchat: {chat.save_error}")
+        if chat.save_error and chat.save_error != shown_error:  # once, not after every reply
+            stderr.write(f"\nsinkchat: {inert(chat.save_error)}")
+            shown_error = chat.save_error
         stdout.write("\n")
         stdout.flush()
 
@@ -123,10 +125,12 @@ def _show_resumed(session: Session, out: TextIO, last: int = 2) -> None:
     """On resume: which session, what happened to its cache, and its last messages."""
     history = [m for m in session.messages if m["role"] != "system"]
     if not history:
+        if session.note:  # e.g. a new chat that cannot be saved
+            out.write(f"note: {inert(session.note)}\n")
         return
     out.write(f"resumed session {session.id[:8]} · {inert_line(session.title)} · {len(history)} messages\n")
     if session.note:
-        out.write(f"note: {session.note}\n")
+        out.write(f"note: {inert(session.note)}\n")
     if len(history) > last:
         out.write(f"[{len(history) - last} earlier messages]\n")
     for m in history[-last:]:

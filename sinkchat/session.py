@@ -11,9 +11,12 @@ fatal: the cache is rebuilt from the saved messages, and :attr:`Session.note` sa
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from models.errors import ModelError
@@ -22,7 +25,7 @@ from models.sampler import SamplingSettings
 from sinkchat.chat import Chat, ReplyInfo
 from sinkchat.errors import SinkchatError
 from sinkchat.export import ExportedSession, from_json, to_json, to_markdown
-from sinkchat.locks import SessionLock, SessionLockedError
+from sinkchat.locks import LockFileError, SessionLock, SessionLockedError
 from sinkchat.snapshot import (
     SUFFIX,
     Fingerprint,
@@ -67,6 +70,8 @@ class SessionLibrary:
 
     def delete(self, session_id: str) -> None:
         """Delete a session, its snapshot and lock file; refused while it is open somewhere."""
+        if self.store.unwritable:
+            raise StoreError(f"cannot delete session {session_id[:8]}: {self.store.unwritable}")
         with self.lock(session_id):
             self.store.delete(session_id)
             self.snapshot_path(session_id).unlink(missing_ok=True)
@@ -83,6 +88,8 @@ class SessionLibrary:
     def import_json(self, text: str | bytes) -> SessionInfo:
         """Add an exported session; it keeps its id unless that id is already taken here."""
         doc: ExportedSession = from_json(text)
+        if self.store.unwritable:
+            raise StoreError(f"cannot import: {self.store.unwritable}")
         sid = None if self.store.exists(doc.id) or not _is_id(doc.id) else doc.id
         info = self.store.create(
             model_path=doc.model_path,
@@ -127,9 +134,12 @@ class SessionLibrary:
             total += size
         removed = 0
         for path in self.snapshots.iterdir():
-            stale_tmp = path.name.endswith(".tmp") and time.time() - _mtime(path) > 3600
-            if stale_tmp or (path.suffix == SUFFIX and path.stem not in wanted):
-                path.unlink(missing_ok=True)
+            if _stale_tmp(path) or (path.suffix == SUFFIX and path.stem not in wanted):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:  # a read-only folder: the snapshots stay, nothing is lost
+                    log.debug("cannot remove %s: %s", path, exc)
+                    continue
                 removed += 1
         return removed
 
@@ -153,6 +163,26 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return time.time()
+
+
+def _stale_tmp(path: Path) -> bool:
+    """A snapshot's temporary file whose writer is gone (``.ID.kv.PID.tmp``), or any over an hour old."""
+    if not path.name.endswith(".tmp"):
+        return False
+    pid = path.name[: -len(".tmp")].rpartition(".")[2]
+    if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        return True
+    return time.time() - _mtime(path) > 3600
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
 
 
 class _SnapshotWriter:
@@ -190,21 +220,12 @@ class _SnapshotWriter:
                 self.last_error = None
             except OSError as exc:  # a full disk costs the instant resume, never a message
                 self.last_error = f"could not save the KV snapshot: {exc.strerror or exc}"
-                log.warning("%s (%s)", self.last_error, path)
+                log.info("%s (%s)", self.last_error, path)
             finally:
                 self.last_seconds = time.perf_counter() - started
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
-
-    def _forget_if_empty(self, session_id: str) -> None:
-        """A chat left without a single message is not worth a line in the sessions list."""
-        try:
-            info = self.library.store.get(session_id)
-            if info.n_messages == 0 and not info.title_custom:
-                self.library.delete(session_id)
-        except (SinkchatError, OSError) as exc:  # another process opened it meanwhile, or it is gone
-            log.debug("kept empty session %s: %s", session_id, exc)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submitted snapshot is on disk; False on timeout."""
@@ -215,7 +236,7 @@ class _SnapshotWriter:
 class Session:
     """A chat bound to a saved session; the UIs use it exactly like a :class:`Chat`."""
 
-    def __init__(self, chat: Chat, library: SessionLibrary, info: SessionInfo, lock: SessionLock) -> None:
+    def __init__(self, chat: Chat, library: SessionLibrary, info: SessionInfo, lock: SessionLock | None) -> None:
         self.chat = chat
         self.library = library
         self.info = info
@@ -229,35 +250,73 @@ class Session:
         """Tokens evaluated while resuming: 0 when the snapshot was up to date."""
         self.save_error: str | None = None
         """Why the last reply could not be saved (a full disk ...); the UIs show it."""
+        self.unsaved: str | None = None
+        """Why this whole session is not being saved (a full disk or read-only folder at start)."""
 
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
     def new(cls, chat: Chat, library: SessionLibrary) -> Session:
-        """Start a new saved session for ``chat``'s current conversation settings (no messages yet)."""
-        info = library.store.create(
-            model_path=str(chat.model.path),
-            system_prompt=chat.system_prompt,
-            settings=_settings_of(chat),
-        )
-        return cls(chat, library, info, library.lock(info.id))
+        """Start a new saved session for ``chat``'s current conversation settings (no messages yet).
+
+        When nothing can be saved, the chat still starts, unsaved, and :attr:`note` says why.
+        """
+        session = cls(chat, library, _blank_info(chat), None)
+        session._open_new()
+        return session
+
+    def _open_new(self) -> None:
+        store, chat = self.library.store, self.chat
+        try:
+            info = store.create(
+                model_path=str(chat.model.path), system_prompt=chat.system_prompt, settings=_settings_of(chat)
+            )
+        except StoreError as exc:
+            self._go_unsaved(exc)
+            return
+        try:
+            self._lock = self.library.lock(info.id)
+        except LockFileError as exc:
+            self._saving(store.delete, info.id)
+            self._go_unsaved(exc)
+            return
+        self.info = info
+
+    def _go_unsaved(self, exc: Exception) -> None:
+        self.info, self.unsaved = _blank_info(self.chat), str(exc)
+        self.note = f"this chat is not being saved: {exc}"
+        log.info("%s", self.note)
 
     @classmethod
     def resume(cls, chat: Chat, library: SessionLibrary, session_id: str) -> Session:
-        """Open a saved session in ``chat``: from its snapshot when it fits, else rebuilt from its messages."""
-        lock = library.lock(session_id)
+        """Open a saved session in ``chat``: from its snapshot when it fits, else rebuilt from its messages.
+
+        A session in a store that cannot be written opens unsaved (nobody can change it meanwhile).
+        """
+        unwritable = library.store.unwritable
+        lock = None
+        try:
+            lock = library.lock(session_id)
+        except LockFileError:
+            if not unwritable:
+                raise
         try:
             session = cls(chat, library, library.store.get(session_id), lock)
+            if unwritable:
+                session.unsaved = f"cannot save: {unwritable}"
             session._load()
         except BaseException:
-            lock.release()
+            if lock is not None:
+                lock.release()
             raise
         return session
 
     def _load(self) -> None:
         store, sid = self.library.store, self.info.id
-        interrupted = store.mark_interrupted(sid)
         stored = store.messages(sid)
+        interrupted = sum(m.status == "streaming" for m in stored)
+        if interrupted and not self.unsaved:
+            self._saving(store.mark_interrupted, sid)
         messages = as_exchanges(stored)
         sampling = self.info.settings.sampling
         if sampling:
@@ -281,10 +340,16 @@ class Session:
                     f"{why}: rebuilt the cache from the saved messages ({kept} of {len(messages) // 2} exchanges fit, "
                     f"{time.perf_counter() - started:.1f} s)"
                 )
-        if self.info.model_path != str(self.chat.model.path):
-            store.update(sid, model_path=str(self.chat.model.path))
+        damaged = sum(m.damaged_text for m in stored) + self.info.damaged_text
+        if damaged:
+            notes.append(f"{damaged} saved field(s) held bytes that are not UTF-8; they are shown as \ufffd")
+        if self.unsaved:
+            notes.append(f"this chat is not being saved: {self.unsaved}")
+        elif self.info.model_path != str(self.chat.model.path):
+            self._saving(store.update, sid, model_path=str(self.chat.model.path))
         self.note = "; ".join(notes) or None
-        self.library.prune_snapshots(keep=sid)
+        if not self.unsaved:
+            self.library.prune_snapshots(keep=sid)
 
     def _try_snapshot(self, messages: list[dict[str, str]], system_prompt: str | None) -> str | None:
         """Restore from the snapshot; None on success, else why it could not be used."""
@@ -368,7 +433,8 @@ class Session:
     @sampling.setter
     def sampling(self, value: SamplingSettings) -> None:
         self.chat.sampling = value
-        self.library.store.update(self.id, settings=_settings_of(self.chat))
+        if not self.unsaved:
+            self._saving(self.library.store.update, self.id, settings=_settings_of(self.chat))
 
     @property
     def stats(self) -> ChatStats:
@@ -402,6 +468,9 @@ class Session:
         if self.chat.busy:
             yield from self.chat.send(text)  # raises BusyError, touching nothing
             return
+        if self.unsaved:
+            yield from self.chat.send(text, max_tokens=max_tokens, stop=stop)
+            return
         store = self.library.store
         n_before = len(self.chat.messages)
         self.save_error = None
@@ -424,6 +493,9 @@ class Session:
                 self._finish(reply_id)
 
     def regenerate(self, *, max_tokens: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+        if self.unsaved:
+            yield from self.chat.regenerate(max_tokens=max_tokens, stop=stop)
+            return
         store = self.library.store
         stored = store.messages(self.id)
         stream = self.chat.regenerate(max_tokens=max_tokens, stop=stop)
@@ -431,7 +503,9 @@ class Session:
         reply_id = stored[-1].id if stored and stored[-1].role == "assistant" else None
         if reply_id is None:
             raise SinkchatError("the saved session has no reply to regenerate")
-        store.restart_reply(reply_id)
+        if not self._saving(store.restart_reply, reply_id):
+            yield from rest_unsaved(first, stream)
+            return
 
         def rest() -> Iterator[str]:
             if first is not None:
@@ -460,10 +534,10 @@ class Session:
         if self._saving(self.library.store.finish, reply_id, reply, end.finish_reason if end else None):
             self.save_snapshot()
 
-    def _saving(self, write: Callable[..., object], *args: object) -> bool:
+    def _saving(self, write: Callable[..., object], *args: object, **kwargs: object) -> bool:
         """Run a database write; a failure is kept in :attr:`save_error` instead of ending the chat."""
         try:
-            write(*args)
+            write(*args, **kwargs)
             return True
         except StoreError as exc:
             self._save_failed(exc)
@@ -471,10 +545,12 @@ class Session:
 
     def _save_failed(self, exc: StoreError) -> None:
         self.save_error = f"this chat is not being saved: {exc}"
-        log.warning("%s", self.save_error)
+        log.info("%s", self.save_error)  # the UIs show it; a log line would say it twice
 
     def save_snapshot(self) -> None:
         """Capture the cache now; the file is written in the background."""
+        if self.unsaved:
+            return
         try:
             state, kv = self.chat.capture()
         except (SinkchatError, ModelError) as exc:
@@ -500,8 +576,8 @@ class Session:
         from sinkchat.chat import KEEP
 
         kept = self.chat.rebuild(KEEP if system_prompt is ... else system_prompt)
-        self.library.store.update(self.id, system_prompt=self.chat.system_prompt)
-        self.save_snapshot()
+        if not self.unsaved and self._saving(self.library.store.update, self.id, system_prompt=self.chat.system_prompt):
+            self.save_snapshot()
         return kept
 
     def switch(self, session_id: str) -> None:
@@ -512,31 +588,31 @@ class Session:
 
     def _switch_to(self, session_id: str | None) -> None:
         store = self.library.store
+        if session_id is not None and store.unwritable:
+            raise StoreError(f"cannot open another session here: {store.unwritable}")
         new_lock = self.library.lock(session_id) if session_id else None
         self._writer.flush()
-        old = self._lock
+        old, left, was_saved = self._lock, self.id, not self.unsaved
+        self._lock, self.note, self.resume_tokens, self.unsaved, self.save_error = None, None, 0, None, None
+        if old is not None:
+            old.release()
+        if was_saved:
+            self._forget_if_empty(left)
         if session_id is None:
-            info = store.create(
-                model_path=str(self.chat.model.path),
-                system_prompt=self.chat.system_prompt,
-                settings=_settings_of(self.chat),
-            )
-            new_lock = self.library.lock(info.id)
+            self._open_new()
         else:
-            info = store.get(session_id)
-        left = self.id
-        self._lock, self.info, self.note, self.resume_tokens = new_lock, info, None, 0
-        old.release()
-        self._forget_if_empty(left)
-        if session_id is not None:
+            self._lock, self.info = new_lock, store.get(session_id)
             self._load()
 
     def delete_current(self) -> None:
         """Delete this session and start a new one in its place."""
-        sid = self.id
+        sid, saved = self.id, not self.unsaved
+        if saved and self.library.store.unwritable:
+            raise StoreError(f"cannot delete session {sid[:8]}: {self.library.store.unwritable}")
         self.chat.reset(self.chat.system_prompt)
         self._switch_to(None)
-        self.library.delete(sid)
+        if saved:
+            self.library.delete(sid)
 
     def _forget_if_empty(self, session_id: str) -> None:
         """A chat left without a single message is not worth a line in the sessions list."""
@@ -553,8 +629,10 @@ class Session:
     def close(self, *, close_chat: bool = True) -> None:
         """Finish writing the snapshot, give up the session, and free the model (unless told not to)."""
         self._writer.flush(timeout=60)
-        self._lock.release()
-        self._forget_if_empty(self.id)
+        if self._lock is not None:
+            self._lock.release()
+        if not self.unsaved:
+            self._forget_if_empty(self.id)
         if close_chat:
             self.chat.close()
 
@@ -580,6 +658,27 @@ def as_exchanges(stored: Sequence[StoredMessage]) -> list[dict[str, str]]:
     if len(out) % 2:
         out.append({"role": "assistant", "content": ""})
     return out
+
+
+def rest_unsaved(first: str | None, stream: Iterator[str]) -> Iterator[str]:
+    """A reply whose first piece was already taken from its stream."""
+    if first is not None:
+        yield first
+    yield from stream
+
+
+def _blank_info(chat: Chat) -> SessionInfo:
+    """A session that exists only in memory: what an unsaved chat is."""
+    now = datetime.now(UTC)
+    return SessionInfo(
+        id=uuid.uuid4().hex,
+        title="",
+        created_at=now,
+        updated_at=now,
+        model_path=str(chat.model.path),
+        system_prompt=chat.system_prompt,
+        settings=_settings_of(chat),
+    )
 
 
 def _settings_of(chat: Chat) -> SessionSettings:

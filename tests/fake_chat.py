@@ -225,6 +225,10 @@ class FakeSessions:
         self.switched: list[str] = []
         self.resume, self.note = resume, note
 
+    @property
+    def notice(self) -> str | None:
+        return self.store.recovery
+
     def list(self, search: str | None = None):  # noqa: ANN201
         return self.store.list(search=search)
 

@@ -38,3 +38,16 @@ def test_core_import_loads_neither_textual_nor_llama_cpp() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """A package left out of ``[tool.setuptools] packages`` works in a checkout and is missing from the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("sinkchat", "models", "tui")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert found <= listed, f"missing from pyproject.toml: {sorted(found - listed)}"

@@ -232,3 +232,94 @@ def test_a_damaged_database_is_reported_and_replaced(tmp_path: Path) -> None:
     assert listed.returncode == 0 and "Traceback" not in listed.stderr
     assert "the sessions database was damaged" in listed.stderr and "damaged file is kept at" in listed.stderr
     assert sinkchat("sessions", "list").stderr in ("", "no sessions\n")  # reported once; the new one works
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], message: str) -> str:
+    assert_clean_error(result, message)
+    assert result.stderr.count("\n") == 1 and result.stderr.endswith("\n"), result.stderr
+    return result.stderr
+
+
+def test_a_huge_context_is_refused_before_anything_is_allocated(smollm2_path: Path) -> None:
+    """``-c 1000000`` needs 23 GB of KV cache for SmolLM2: refused in a second, not killed after 16."""
+    import json
+    import textwrap
+
+    import psutil
+
+    from models.fit import HEADROOM, check_context
+    from models.gguf_meta import read_gguf
+    from models.options import LoadOptions
+
+    need = check_context(read_gguf(smollm2_path), LoadOptions(n_ctx=4096))
+    assert need is not None
+    n_ctx = 1_000_000  # the issue's command; a machine that could hold it gets one 4x its memory instead
+    budget = HEADROOM * psutil.virtual_memory().available
+    if need.kv_cache * (n_ctx / 4096) <= budget:
+        n_ctx = int(4 * budget / need.kv_cache * 4096)
+    measure = textwrap.dedent(
+        f"""
+        import json, resource, subprocess, sys
+        done = subprocess.run(
+            [sys.executable, "-m", "sinkchat", "run", "--plain", "-c", "{n_ctx}"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+        )
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        print(json.dumps({{"rc": done.returncode, "stderr": done.stderr, "peak": peak}}))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout)
+    result = subprocess.CompletedProcess([], run["rc"], "", run["stderr"])
+    line = one_line_error(result, f"a context of {n_ctx} tokens for SmolLM2")
+    assert "(KV cache " in line and "+ compute buffers" in line and "available RAM" in line
+    if n_ctx == 1_000_000:
+        assert "needs about 23.1 GB (KV cache 23.0 GB" in line
+    suggested = int(line.split("choose n_ctx ")[1].split()[0])
+    assert 64 <= suggested < n_ctx
+    assert run["peak"] < 1 << 30, run  # the weights are mapped, the cache never allocated
+
+
+def test_a_fifo_given_as_the_model_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = sinkchat("run", "--plain", "--model", str(fifo), timeout=30)
+    one_line_error(result, f"{fifo} is not a regular file (a FIFO)")
+
+
+def test_models_list_skips_a_fifo_in_the_models_folder(
+    tmp_path: Path, isolated_settings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_gguf_meta import write_gguf
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    os.mkfifo(folder / "stuck.gguf")
+    write_gguf(folder / "real.gguf", "llama")
+    isolated_settings.parent.mkdir(parents=True, exist_ok=True)
+    isolated_settings.write_text(f"[model]\ndir = {str(folder)!r}\n", encoding="utf-8")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # only this folder and the embedded model
+    result = sinkchat("models", "list", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "stuck" not in result.stdout
+    assert "real " in result.stdout and "models folder" in result.stdout
+
+
+def test_a_load_error_with_llama_cpp_s_reason_is_one_line(smollm2_path: Path, tmp_path: Path) -> None:
+    """A damaged copy that the header check passes: llama.cpp's own complaint ends the same line."""
+    import struct
+
+    from models.gguf_meta import GGUF_MAGIC
+
+    data = bytearray(smollm2_path.read_bytes())
+    assert data[:4] == GGUF_MAGIC
+    name = b"token_embd.weight"
+    at = data.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)  # its tensor info: n_dims, then the dims
+    assert struct.unpack_from("<I", data, at)[0] == 2
+    cols, rows = struct.unpack_from("<QQ", data, at + 4)
+    struct.pack_into("<QQ", data, at + 4, rows, cols)  # the same bytes, the wrong shape
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(data)
+    line = one_line_error(sinkchat("run", "--plain", "--model", str(damaged)), "llama.cpp could not load damaged.gguf")
+    assert "llama.cpp said: " in line and "wrong shape" in line and "  " not in line

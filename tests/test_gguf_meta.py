@@ -68,3 +68,50 @@ def test_unknown_architecture_is_unsupported_not_a_crash(tmp_path: Path) -> None
 
     with pytest.raises(UnsupportedModelError, match="does not support the architecture 'notarealarch'"):
         LlamaModel(write_gguf(tmp_path / "odd.gguf", "notarealarch"))
+
+
+def finishes(call, seconds: float = 10):  # noqa: ANN001, ANN201
+    """``call()``'s result, or a failure (not a hung test) when it blocks."""
+    import threading
+
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "it blocked: a FIFO was opened"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_a_fifo_is_refused_without_being_opened(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFileError, match=r"is not a regular file \(a FIFO\)"):
+        finishes(lambda: read_gguf(fifo))
+    link = tmp_path / "link.gguf"
+    link.symlink_to(fifo)
+    with pytest.raises(ModelFileError, match=r"is not a regular file \(a FIFO\)"):
+        finishes(lambda: read_gguf(link))
+    with pytest.raises(ModelFileError, match=r"is not a regular file \(a character device\)"):
+        finishes(lambda: read_gguf("/dev/zero"))
+
+
+def test_a_fifo_among_the_parts_of_a_split_model_is_refused_before_llama_cpp_opens_it(tmp_path: Path) -> None:
+    import os
+
+    from models.llama_model import LlamaModel
+
+    first = write_gguf(tmp_path / "big-00001-of-00002.gguf", "llama")
+    os.mkfifo(tmp_path / "big-00002-of-00002.gguf")
+    with pytest.raises(ModelFileError, match=r"big-00002-of-00002\.gguf is not a regular file \(a FIFO\)"):
+        finishes(lambda: LlamaModel(first))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -121,6 +124,28 @@ def test_offline_mode_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubError, match="offline mode is on"):
         HubClient(endpoint="http://127.0.0.1:9").search("llama")
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "the disk is full in /cache: 2.0 GB needed"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), "the disk quota is used up in /cache: 2.0 GB needed"),
+        (OSError(errno.EFBIG, "File too large"), "a file-size limit (ulimit -f, or the file system's own) stopped"),
+        (PermissionError(errno.EACCES, "Permission denied", "/cache/.locks/x.lock"), "permission denied on /cache/.l"),
+        (OSError(errno.EROFS, "Read-only file system"), "the file system is read-only on /cache; set HF_HUB_CACHE"),
+        (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), "the Hub cannot be reached"),
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), "the Hub cannot be reached"),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "the Hub cannot be reached"),
+        (TimeoutError(errno.ETIMEDOUT, "timed out"), "the Hub cannot be reached"),
+        (OSError("Consistency check failed: file should be of size 10"), "the Hub cannot be reached"),
+    ],
+)
+def test_this_machines_errors_are_not_the_networks(error: OSError, said: str) -> None:
+    from models.hub import _errors
+
+    explained = _errors("download x.gguf from org/X", "org/X", folder=Path("/cache"), need=2 * 10**9).explain(error)
+    assert explained.startswith(f"cannot download x.gguf from org/X: {said}"), explained
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +15,7 @@ import pytest
 
 from models.errors import ModelFileError
 from models.hub import HubClient, HubError
-from models.hub_download import DownloadCancelled, Progress, pull
+from models.hub_download import STALE_AFTER, DownloadCancelled, Progress, pull, sweep_partials
 from tests.fake_hub import FakeFile, FakeHub, FakeRepo
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -236,3 +241,215 @@ def test_the_models_command(hub, smollm2_path: Path, monkeypatch: pytest.MonkeyP
     ]:
         failed = sinkchat(*args, **extra)
         assert failed.returncode == 2 and message in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+
+
+# -- Stopped, killed and failed pulls: the command as a user runs it -------------------------
+
+SLOW = bytes(8 << 20)  # under huggingface_hub's 10 MB write chunk: its partial blob stays on disk, empty, to the end
+
+
+@pytest.fixture
+def cli_env(hub, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of a ``sinkchat models`` run against the fake Hub, with ``org/Slow-GGUF``'s Q4_0 trickling."""
+    fake, url, cache = hub
+    fake.add(FakeRepo("org/Slow-GGUF", [FakeFile("slow-Q4_0.gguf", SLOW), FakeFile("slow-Q8_0.gguf", DATA)]))
+    original = FakeHub.write_body
+
+    def trickle(self, req, f, start, end):  # noqa: ANN001
+        if f.path != "slow-Q4_0.gguf":
+            return original(self, req, f, start, end)
+        for at in range(start, end + 1, 1 << 16):  # 26 s in all: it is stopped long before
+            try:
+                req.wfile.write(SLOW[at : min(at + (1 << 16), end + 1)])
+            except OSError:
+                return  # the client is gone
+            time.sleep(0.2)
+
+    monkeypatch.setattr(FakeHub, "write_body", trickle)
+    env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_CACHE": str(cache), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_TOKEN", None)
+    return env
+
+
+def models_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sinkchat", "models", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def start_pull(env: dict[str, str], ref: str, *python: str, command: str = "-m") -> subprocess.Popen[str]:
+    import sysconfig
+
+    program = ["-m", "sinkchat"] if command == "-m" else [str(Path(sysconfig.get_path("scripts")) / "sinkchat")]
+    return subprocess.Popen(
+        [sys.executable, *python, *program, "models", "pull", ref],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def partials(cache: Path) -> list[Path]:
+    return sorted(cache.rglob("*.incomplete"))
+
+
+def wait_for_partial(cache: Path, proc: subprocess.Popen[str]) -> Path:
+    """The partial blob of the download under way in ``proc``."""
+    deadline = time.monotonic() + 60
+    while not partials(cache):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the download never started"
+        time.sleep(0.02)
+    (partial,) = partials(cache)
+    return partial
+
+
+def age(path: Path) -> None:
+    """As if the file had stood still for longer than a sweep waits."""
+    then = time.time() - STALE_AFTER - 60
+    os.utime(path, (then, then))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_mid_pull_keeps_nothing(cli_env: dict[str, str], hub, sig: signal.Signals) -> None:
+    cache = hub[2]
+    proc = start_pull(cli_env, "org/Slow-GGUF:Q4_0")
+    wait_for_partial(cache, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and err.splitlines()[-1] == f"stopped by {sig.name}; nothing was kept", err
+    assert not out and not partials(cache) and not list(cache.rglob("*.gguf"))
+
+
+@pytest.mark.parametrize("command", ["-m", "script"])
+@pytest.mark.parametrize("after", ["sinkchat.errors", "sinkchat.cli", "sinkchat.models_cli"])
+def test_ctrl_c_while_the_command_starts_is_quiet(cli_env: dict[str, str], command: str, after: str) -> None:
+    """Ctrl-C while sinkchat's own imports run, before ``cli.main`` can catch it (``-X importtime`` says where).
+
+    Python's own start-up (``site``) and runpy's lookup of ``sinkchat.__main__`` come before any sinkchat code.
+    """
+    proc = start_pull(cli_env, "org/Tiny-GGUF:Q4_K_M", "-X", "importtime", command=command)
+    assert proc.stderr
+    for line in proc.stderr:
+        assert line.startswith("import time:"), line
+        if line.rsplit("|", 1)[-1].strip() == after:
+            proc.send_signal(signal.SIGINT)
+            break
+    else:
+        pytest.fail(f"{after} was never imported")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and not out, err
+
+
+def test_the_console_script_is_the_quiet_entry_point() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["sinkchat"] == "sinkchat.__main__:main"  # which catches Ctrl-C while importing the CLI
+
+
+def test_killed_pulls_are_swept_but_never_a_live_one(cli_env: dict[str, str], hub) -> None:
+    cache = hub[2]
+    live = start_pull(cli_env, "org/Slow-GGUF:Q4_0")
+    partial = wait_for_partial(cache, live)
+    age(partial)  # only its writer's lock says that it is alive
+    listed = models_command(cli_env, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert partial.exists() and live.poll() is None  # the download goes on
+    live.kill()  # no handler runs: nothing can clean up
+    live.communicate(timeout=60)
+    with partial.open("ab") as f:
+        f.write(DATA)  # what a bigger download would have written by then
+    age(partial)
+    listed = models_command(cli_env, "list")
+    assert listed.returncode == 0 and not partials(cache)
+    assert "removed 1.0 MB of unfinished downloads left by stopped pulls" in listed.stderr
+
+    killed = start_pull(cli_env, "org/Slow-GGUF:Q4_0")
+    partial = wait_for_partial(cache, killed)
+    killed.kill()
+    killed.communicate(timeout=60)
+    age(partial)
+    pulled = models_command(cli_env, "pull", "org/Slow-GGUF:Q8_0")  # the next pull sweeps
+    assert pulled.returncode == 0 and not partials(cache), pulled.stderr
+
+    killed = start_pull(cli_env, "org/Slow-GGUF:Q4_0")
+    partial = wait_for_partial(cache, killed)
+    killed.kill()
+    killed.communicate(timeout=60)
+    age(partial)
+    removed = models_command(cli_env, "rm", pulled.stdout.strip(), "--yes")  # and so does removing its model
+    assert removed.returncode == 0 and not partials(cache), removed.stderr
+
+
+def test_sweep_needs_a_dead_writer_and_a_file_that_stood_still(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    cache = tmp_path / "hf"
+    blobs = cache / "models--org--X" / "blobs"
+    blobs.mkdir(parents=True)
+    (cache / ".locks" / "models--org--X").mkdir(parents=True)
+    blob = blobs / ("a" * 64)
+    dead = blobs / f"{'b' * 64}.incomplete"  # the name older huggingface_hub versions use
+    fresh = blobs / f"{'c' * 64}.0123abcd.incomplete"
+    live = blobs / f"{'d' * 64}.4567ef01.incomplete"
+    for path in (blob, dead, fresh, live):
+        path.write_bytes(b"x" * 10)
+    for path in (blob, dead, live):
+        age(path)
+    writer = FileLock(cache / ".locks" / "models--org--X" / f"{'d' * 64}.lock")  # as huggingface_hub holds it
+    with writer:
+        assert sweep_partials(cache, "org/Other") == 0
+        assert sweep_partials(cache) == 10
+        assert sorted(blobs.iterdir()) == [blob, fresh, live]
+    assert sweep_partials(cache, "org/X") == 10
+    assert sorted(blobs.iterdir()) == [blob, fresh]
+
+
+def test_a_full_disk_is_said_as_such(cli_env: dict[str, str], hub) -> None:
+    cache = hub[2]
+    limited = subprocess.run(  # files may grow to 256 KiB: writing the 1 MiB blob fails with EFBIG
+        ["bash", "-c", 'ulimit -f 256 && exec "$@"', "bash", sys.executable, "-m", "sinkchat"]
+        + ["models", "pull", "org/Tiny-GGUF:Q4_K_M"],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        timeout=120,
+    )
+    assert limited.returncode == 2 and "Traceback" not in limited.stderr, limited.stderr
+    assert limited.stderr.splitlines()[-1] == (
+        "sinkchat: error: cannot download tiny-Q4_K_M.gguf from org/Tiny-GGUF: a file-size limit (ulimit -f, "
+        f"or the file system's own) stopped the download in {cache}: 1.0 MB needed; "
+        "set HF_HUB_CACHE to another disk or raise the limit"
+    )
+    assert not partials(cache) and not list(cache.rglob("*.gguf"))
+
+
+def test_no_space_left_mid_download_names_the_disk(hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import huggingface_hub.file_download as file_download
+
+    _, url, cache = hub
+    http_get = file_download.http_get
+
+    class FullDisk:
+        def __init__(self, f: object) -> None:
+            self.f = f
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(file_download, "http_get", lambda url, f, **kw: http_get(url, FullDisk(f), **kw))
+    with pytest.raises(HubError) as failed:
+        pull("org/Tiny-GGUF", choice(url, "org/Tiny-GGUF", "Q4_K_M"), endpoint=url, cache=cache)
+    said = str(failed.value)
+    assert said.startswith(f"cannot download tiny-Q4_K_M.gguf from org/Tiny-GGUF: the disk is full in {cache}: 1.0 MB")
+    assert said.endswith(" free; free some space or set HF_HUB_CACHE to another disk") and "reached" not in said
+    assert not partials(cache) and not list(cache.rglob("*.gguf"))

@@ -174,3 +174,22 @@ def test_a_full_snapshot_restores_bit_for_bit(model: LlamaModel) -> None:
     assert c.pos_max() == -1  # a refused load leaves the sequence empty
     for ctx in (a, b, c):
         ctx.close()
+
+
+def test_a_context_larger_than_the_memory_is_refused_before_llama_cpp_allocates_it(
+    model: LlamaModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every context is checked (benches make their own), against the memory there is once the weights are in."""
+    import time
+
+    import models.fit
+    from models.errors import ContextTooLargeError
+    from models.fit import Hardware
+
+    monkeypatch.setattr(models.fit, "detect_hardware", lambda: Hardware(ram_available=1 << 30))
+    start = time.monotonic()
+    with pytest.raises(ContextTooLargeError, match=r"a context of 65536 tokens .* \(85% of 1\.1 GB available RAM\)"):
+        LlamaContext(model, LoadOptions(n_ctx=65536))
+    assert time.monotonic() - start < 1
+    with LlamaContext(model, LoadOptions(n_ctx=4096)) as ctx:  # 200 MB: fits
+        assert ctx.n_ctx == 4096

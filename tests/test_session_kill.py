@@ -118,3 +118,67 @@ def test_killed_at_several_points_then_resumed() -> None:
     assert replies[3].content == ""  # killed before the model had read the whole paste
     assert replies[0].content and replies[4].content
     assert len(final) == 10
+
+
+DRIVER = """
+import sys
+from pathlib import Path
+from models.default_model import default_model_path
+from sinkchat.chat import Chat
+from sinkchat.session import Session, SessionLibrary
+
+mode = sys.argv[1]
+session = Session.new(Chat.load(default_model_path(), n_ctx=512), SessionLibrary(Path(sys.argv[2])))
+for _ in session.send("Say hello.", max_tokens=12):
+    pass
+if mode == "regenerate":
+    stream = session.regenerate(max_tokens=400)
+else:
+    session.reset("You are terse.")
+    stream = session.send("Tell a long story about a lighthouse.", max_tokens=400)
+for i, _ in enumerate(stream):
+    if i == 8:
+        print("STREAMING", flush=True)  # the test kills us here, mid-reply
+"""
+
+
+@pytest.mark.parametrize("mode", ["regenerate", "reset"])
+def test_killed_during_regenerate_or_after_reset(mode: str) -> None:
+    folder = Path(os.environ[DATA_ENV]) / "sessions"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, mode, str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "STREAMING", proc.stderr.read() if proc.stderr else ""
+    kill(proc)
+
+    store = SessionStore(folder)
+    try:
+        sessions = sorted(store.list(), key=lambda s: s.created_at)
+        saved = [store.messages(s.id) for s in sessions]
+    finally:
+        store.close()
+    if mode == "regenerate":
+        (history,) = saved
+        assert [m.role for m in history] == ["user", "assistant"] and history[0].content == "Say hello."
+        assert history[1].status == "streaming"  # until the next owner marks it interrupted
+    else:
+        first, second = saved
+        assert [m.content for m in first][:1] == ["Say hello."] and first[1].status == "complete"
+        assert (
+            second[0].content == "Tell a long story about a lighthouse."
+            and sessions[1].system_prompt == "You are terse."
+        )
+
+    # resumed: the interrupted reply is said, kept, and the chat goes on
+    proc = start("--resume", "last")
+    out, err = proc.communicate("Say goodbye.\n", timeout=180)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "interrupted" in err and out.strip()
+    store = SessionStore(folder)
+    try:
+        last = store.messages(store.resolve("last"))
+    finally:
+        store.close()
+    assert [m.status for m in last if m.role == "assistant"] == ["interrupted", "complete"]
+    assert [m.content for m in last if m.role == "user"][-1] == "Say goodbye."

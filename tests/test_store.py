@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from sinkchat import schema
 from sinkchat.export import ExportError, from_json
 from sinkchat.locks import SessionLock, SessionLockedError
 from sinkchat.session import SessionLibrary
-from sinkchat.store import DB_NAME, SessionSettings, SessionStore, StoredMessage, StoreError, title_from
+from sinkchat.store import DB_NAME, SessionSettings, SessionStore, StoredMessage, StoreError, schema, title_from
 
 
 def chat_in(store: SessionStore, *pairs: tuple[str, str], **kw) -> str:
@@ -232,11 +231,14 @@ def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     assert chat_in(store, ("hi", "hello"))
 
 
-def test_an_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_folder_that_cannot_be_made_reads_empty_and_refuses_writes_with_the_reason(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(StoreError, match="cannot create the sessions folder"):
-        SessionStore(blocker / "sessions")
+    store = SessionStore(blocker / "sessions")
+    assert store.unwritable is not None and "Not a directory" in store.unwritable
+    assert store.list() == []
+    with pytest.raises(StoreError, match="cannot save: .*Not a directory"):
+        store.create()
 
 
 def test_one_owner_per_session(tmp_path: Path) -> None:
@@ -315,7 +317,7 @@ def test_snapshots_are_bounded_in_number_and_bytes(tmp_path: Path) -> None:
     stale = library.snapshots / ".abc.kv.123.tmp"
     stale.write_bytes(b"x")
     os.utime(stale, (0, 0))
-    fresh_tmp = library.snapshots / ".def.kv.456.tmp"  # a writer may be busy with it
+    fresh_tmp = library.snapshots / f".def.kv.{os.getpid()}.tmp"  # a live writer may be busy with it
     fresh_tmp.write_bytes(b"x")
 
     removed = library.prune_snapshots(keep=ids[0])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -183,6 +185,12 @@ async def test_model_output_is_never_markup_or_escape_sequences() -> None:
         assert "␛[2J" in shown
         user = screen.query_one(UserMessage)
         assert "[bold]me[/bold] ␛[31m" in str(user.content)
+        # and what reaches the terminal: the screen as Textual renders it, segment by segment
+        texts = re.findall(r">([^<]*)</text>", pilot.app.export_screenshot())
+        rendered = [html.unescape(t).replace("\xa0", " ") for t in texts]
+        assert not any("\x1b" in t or "\x07" in t for t in rendered)
+        assert "[bold red]x[/] [link=file:///etc/passwd]click[/link] ␛[2J␛]0;pwned␇" in rendered
+        assert "[bold]me[/bold] ␛[31m" in rendered
 
 
 async def test_copy_new_chat_system_prompt_and_sampling() -> None:

@@ -175,3 +175,51 @@ def test_ago() -> None:
     assert ago(datetime(2026, 11, 22, 7, 0, tzinfo=UTC), now) == "5 h ago"
     assert ago(datetime(2026, 11, 20, 12, 0, tzinfo=UTC), now) == "2 d ago"
     assert ago(OLD, now) == "2026-01-05"
+
+
+async def test_stored_fields_reach_the_screen_inert(tmp_path: Path) -> None:
+    import html
+    import re
+
+    def shown() -> str:
+        return "".join(html.unescape(t) for t in re.findall(r">([^<]*)</text>", pilot.app.export_screenshot()))
+
+    sessions = FakeSessions(tmp_path)
+    sid = saved(sessions, ("hi", "ho"))
+    with sessions.store._tx() as db:
+        db.execute(
+            "UPDATE sessions SET title = ?, title_custom = 1, model_path = ? WHERE id = ?",
+            ("\x1b]0;pwned\x07 evil \u202etxt.exe " + "x" * 5000, "/m/\x1b[2J\u202e.gguf", sid),
+        )
+    async with app_with(sessions).run_test(size=(110, 32)) as pilot:
+        await ready(pilot)
+        pilot.app.notify("cannot open /m/\x1b[2Jevil\u202e.gguf", title="\x1b[31mError", markup=False)
+        await wait_until(pilot, lambda: any("cannot open" in n.message for n in pilot.app._notifications))
+        (toast,) = [n for n in pilot.app._notifications if "cannot open" in n.message]
+        assert toast.message == "cannot open /m/␛[2Jevil<U+202E>.gguf" and toast.title == "␛[31mError"
+        await open_sessions(pilot)
+        await wait_until(pilot, lambda: "evil" in shown())
+        text = shown()
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+        assert "␛]0;pwned␇\xa0evil\xa0<U+202E>txt.exe" in text
+
+
+async def test_damage_found_in_the_store_is_shown_once(tmp_path: Path) -> None:
+    from sinkchat.store import DB_NAME, SessionStore
+
+    store = SessionStore(tmp_path)
+    sid = store.create(model_path="/models/m.gguf").id
+    _, reply = store.begin_exchange(sid, "Tell me about whales")
+    store.finish(reply, "Blue whales eat krill.", "eos")
+    store.close()
+    with (tmp_path / DB_NAME).open("r+b") as f:
+        f.seek(4096)
+        f.write(bytes(4096))
+    sessions = FakeSessions(tmp_path)
+    async with app_with(sessions).run_test(size=(110, 32)) as pilot:
+        await ready(pilot)
+        await wait_until(pilot, lambda: any(n.title == "Saved sessions" for n in pilot.app._notifications))
+        (toast,) = [n for n in pilot.app._notifications if n.title == "Saved sessions"]
+        assert "recovered 1 sessions and 2 messages" in toast.message and "damaged" in toast.message
+        screen = await open_sessions(pilot)
+        assert "(recovered) Tell me about whales" in rows(screen)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
 from models.default_model import default_model_path
 from models.local_models import LocalModel, Source, scan_local_models
+from sinkchat.safe_text import inert, inert_line
 from sinkchat.settings import Settings, config_path
 from tui import keys
 from tui.backend import ChatBackend, ChatFactory, SessionSource, load_chat
@@ -55,6 +57,9 @@ class SinkchatApp(App[None]):
         self.apply_settings()
         self.chat_screen = ChatScreen()
         await self.push_screen(self.chat_screen)
+        notice = getattr(self.sessions, "notice", None)
+        if notice:  # damage found in the saved sessions: said once, where the user looks
+            self.notify(notice, title="Saved sessions", severity="warning", timeout=30, markup=False)
         if self.model_path is None:
             await self.push_screen(NoModelScreen(self.settings.models_dir()))
         else:
@@ -87,6 +92,12 @@ class SinkchatApp(App[None]):
         return scan_local_models(
             embedded=default_model_path(), given=given, folders=[self.settings.models_dir()], hub_cache=True
         )
+
+    def notify(self, message: str, *, title: str = "", **kwargs: Any) -> None:  # type: ignore[override]
+        """Every toast goes through the safe-text path: messages quote paths, titles and errors."""
+        if not kwargs.get("markup", True):
+            message, title = inert(message), inert_line(title)
+        super().notify(message, title=title, **kwargs)
 
     def model_failed(self, reason: str) -> None:
         """A model did not load: say why, and offer the ways to get another."""

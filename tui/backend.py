@@ -89,6 +89,11 @@ class LibrarySessions:
         self.plan = plan
         self.given = given
 
+    @property
+    def notice(self) -> str | None:
+        """What opening the store found (damage recovered, a lost log), to show once."""
+        return self.library.store.recovery
+
     def list(self, search: str | None = None) -> list[SessionInfo]:
         return self.library.store.list(search=search)
 

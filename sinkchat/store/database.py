@@ -12,9 +12,12 @@ is copied into a fresh one, and :attr:`SessionStore.recovery` says what happened
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -26,8 +29,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sinkchat import schema
 from sinkchat.errors import SinkchatError
+from sinkchat.store import schema
+from sinkchat.store.salvage import salvage
+from sinkchat.store.text import Row, clean, tolerant
+from sinkchat.store.wal import inspect
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,8 @@ class SessionInfo(BaseModel):
     system_prompt: str | None = None
     settings: SessionSettings = Field(default_factory=SessionSettings)
     n_messages: int = 0
+    damaged_text: bool = False
+    """Its title or settings held bytes that are not UTF-8 (shown replaced by U+FFFD)."""
 
     @property
     def model_name(self) -> str:
@@ -98,6 +106,8 @@ class StoredMessage(BaseModel):
     status: Status = "complete"
     finish: str | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    damaged_text: bool = Field(False, exclude=True)
+    """Its text held bytes that are not UTF-8 (shown replaced by U+FFFD)."""
 
 
 def title_from(text: str) -> str:
@@ -111,8 +121,62 @@ def title_from(text: str) -> str:
     return (cut[:space] if space > TITLE_LENGTH // 2 else cut) + "…"
 
 
-def _ts(value: float) -> datetime:
-    return datetime.fromtimestamp(value, UTC)
+_OPEN: dict[Path, int] = {}
+"""Databases this process has open: their log is live, and probing their ``-shm`` lock would drop ours."""
+
+
+def _in_use(shm: Path) -> bool:
+    """True while another process has the database open (SQLite holds a lock on the ``-shm`` DMS byte)."""
+    if sys.platform == "win32" or not shm.is_file():  # pragma: no cover - no POSIX locks on Windows
+        return False
+    import fcntl
+
+    try:
+        fd = os.open(shm, os.O_RDWR)
+    except OSError:
+        return False  # cannot open it for writing: nobody here can be writing the log either
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 128)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _why_unwritable(folder: Path, error: Exception) -> str:
+    """The user's words for why the sessions database cannot be written."""
+    code = getattr(error, "errno", None)
+    text = str(getattr(error, "strerror", None) or error)
+    if (
+        code in (errno.EROFS, errno.EACCES, errno.EPERM)
+        or "readonly" in text
+        or (folder.is_dir() and not os.access(folder, os.W_OK))
+    ):
+        return f"the sessions folder {folder} is read-only ({text})"
+    try:
+        full = shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        full = False
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or "full" in text or full:
+        return f"the disk holding {folder} is full ({text})"
+    return f"the sessions database {folder / DB_NAME} cannot be written ({text})"
+
+
+def _ts(value: object) -> datetime:
+    try:
+        return datetime.fromtimestamp(float(value), UTC)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return datetime.fromtimestamp(0, UTC)
+
+
+def _text(value: object) -> str:
+    """A text column as text, whatever type a damaged row holds there."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
 
 
 def _now() -> float:
@@ -120,18 +184,29 @@ def _now() -> float:
 
 
 class SessionStore:
-    """Thread-safe access to the sessions database (one connection, one lock)."""
+    """Thread-safe access to the sessions database (one connection, one lock).
+
+    A store that cannot write (a full disk, a read-only folder) still opens: it reads
+    the file as it is (or, with no file, starts empty in memory), and every write raises
+    a :class:`StoreError` that says why, so listing and showing work and a chat goes on unsaved.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.path = folder / DB_NAME
         self.recovery: str | None = None
-        """Set when a damaged database was moved aside: what was recovered, and where the old file is."""
+        """Set when damage was found: what was recovered or lost, and where the damaged files are kept."""
+        self.unwritable: str | None = None
+        """Why nothing can be saved (None: the store writes normally)."""
         self._lock = threading.RLock()
+        self._key = self.path.absolute()
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the sessions folder {folder}: {exc.strerror or exc}") from exc
+            self._db = self._open_read_only(exc)
+            return
+        self._key = self.path.resolve()  # one database, however its folder was named
+        wal_damage = self._check_wal()
         try:
             self._db = self._open(self.path)
         except _Damaged as exc:
@@ -140,15 +215,17 @@ class SessionStore:
             if _is_damage(exc):
                 self._db = self._recover(exc)
             else:
-                raise StoreError(f"cannot open the sessions database {self.path}: {exc}") from exc
+                self._db = self._open_read_only(exc)
+        if wal_damage:
+            self.recovery = "; ".join(filter(None, [wal_damage, self.recovery]))
+        _OPEN[self._key] = _OPEN.get(self._key, 0) + 1
 
     # -- opening -----------------------------------------------------------------------
 
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-        db.row_factory = sqlite3.Row
-        return db
+    def _connect(target: Path | str, *, uri: bool = False) -> sqlite3.Connection:
+        db = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=10, uri=uri)
+        return tolerant(db)
 
     def _open(self, path: Path) -> sqlite3.Connection:
         db = self._connect(path)
@@ -165,37 +242,98 @@ class SessionStore:
             raise
         return db
 
+    def _open_read_only(self, error: Exception) -> sqlite3.Connection:
+        """The file as it is, for reading, when it cannot be written; else an empty store in memory."""
+        self.unwritable = _why_unwritable(self.folder, error)
+        log.info("sessions database not writable: %s", self.unwritable)
+        if self.path.is_file():
+            # immutable=1 reads the main file alone, for when the -shm index cannot be made either
+            for query in ("mode=ro", "mode=ro&immutable=1"):
+                try:
+                    db = self._connect(f"{self.path.resolve().as_uri()}?{query}", uri=True)
+                    db.execute("SELECT count(*) FROM sessions").fetchone()
+                    return db
+                except sqlite3.Error as exc:
+                    log.debug("read-only open (%s) failed: %s", query, exc)
+        db = self._connect(":memory:")
+        schema.upgrade(db, newer_than_known=self._too_new)
+        return db
+
     def _too_new(self, version: int) -> Exception:
         return StoreError(
             f"{self.path} was written by a newer sinkchat (schema {version}, this one knows {schema.VERSION}); "
             "upgrade sinkchat to open it"
         )
 
+    def _check_wal(self) -> str | None:
+        """Look at the write-ahead log a killed process left, before SQLite replays (and drops) it."""
+        wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+        if self._key in _OPEN or not wal.is_file() or _in_use(shm):
+            return None  # a live connection owns the log: it is not ours to judge
+        report = inspect(wal, shm)
+        if report is None or report.damage is None:
+            return None
+        kept = self.path.with_name(f"{DB_NAME}-wal.damaged-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        # Replaying a log cut before what was already copied into the main file would roll those
+        # pages back to older versions: then the main file alone is the newest sound state.
+        rolls_back = report.backfilled is not None and report.valid < report.backfilled
+        try:
+            if rolls_back:
+                wal.replace(kept)
+                shm.unlink(missing_ok=True)
+            else:
+                shutil.copyfile(wal, kept)
+            where = f"; the damaged log is kept at {kept}"
+        except OSError:
+            where = ""
+        lost = report.lost_frames
+        if lost == 0:
+            log.info("the write-ahead log was damaged (%s) but all of it is in the main file%s", report.damage, where)
+            return None
+        amount = "some committed changes" if lost is None else f"{lost} committed page writes"
+        return (
+            f"the write-ahead log {wal.name} was damaged ({report.damage}): {amount} not yet in the main file "
+            f"are lost, so the last messages saved before sinkchat stopped may be missing or marked interrupted{where}"
+        )
+
     def _recover(self, error: Exception) -> sqlite3.Connection:
         """Move the damaged file aside, start a fresh database and copy over what is readable."""
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         aside = self.path.with_name(f"{DB_NAME}.damaged-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                src.replace(Path(f"{aside}{suffix}"))
-        db = self._open(self.path)
-        sessions, messages = _salvage(aside, db)
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    src.replace(Path(f"{aside}{suffix}"))
+            db = self._open(self.path)
+        except (OSError, sqlite3.Error) as exc:
+            return self._open_read_only(exc)
+        found = salvage(aside, db)
         self.recovery = (
-            f"the sessions database was damaged ({error}); recovered {sessions} sessions and "
-            f"{messages} messages into a new one. The damaged file is kept at {aside}"
+            f"the sessions database was damaged ({error}); {found.describe()} into a new one. "
+            f"The damaged file is kept at {aside}"
         )
-        log.warning("%s", self.recovery)
+        log.info("%s", self.recovery)
         return db
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if _OPEN.get(self._key, 0) > 1:
+                _OPEN[self._key] -= 1
+            else:
+                _OPEN.pop(self._key, None)
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; SQLite failures (a full disk, a locked file) become a :class:`StoreError`."""
+    def _tx(self, *, checkpoint: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; SQLite failures (a full disk, a locked file) become a :class:`StoreError`.
+
+        After it commits, the log is copied into the main file (``checkpoint``), so a
+        damaged ``-wal`` can cost at most the reply being written, never a finished one.
+        """
         with self._lock:
+            if self.unwritable:
+                raise StoreError(f"cannot save: {self.unwritable}")
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
@@ -210,8 +348,25 @@ class SessionStore:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise StoreError(f"cannot save to the sessions database {self.path}: {exc}") from exc
+            if checkpoint:
+                self._checkpoint(db)
 
-    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    @staticmethod
+    def _checkpoint(db: sqlite3.Connection) -> None:
+        """Copy the log into the main file and empty it, waiting at most a moment for a reader.
+
+        An empty log has nothing a damaged disk could replay wrongly.  A reader in another
+        process (``sessions list``) can hold it for an instant; then the next write does it.
+        """
+        try:
+            db.execute("PRAGMA busy_timeout = 100")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            log.debug("checkpoint skipped: %s", exc)
+        finally:
+            db.execute("PRAGMA busy_timeout = 10000")
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
@@ -240,12 +395,12 @@ class SessionStore:
                 " settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     sid,
-                    title,
+                    clean(title),
                     int(bool(title)),
                     now,
                     updated,
-                    model_path,
-                    system_prompt,
+                    clean(model_path),
+                    clean(system_prompt),
                     (settings or SessionSettings()).model_dump_json(),
                 ),
             )
@@ -254,21 +409,23 @@ class SessionStore:
     _SELECT = "SELECT s.*, (SELECT count(*) FROM messages m WHERE m.session_id = s.id) AS n_messages FROM sessions s"
 
     @staticmethod
-    def _info(row: sqlite3.Row) -> SessionInfo:
+    def _info(row: Row) -> SessionInfo:
+        """A session from its row; a field of the wrong type (a damaged row) falls back, never raises."""
         try:
-            settings = SessionSettings.model_validate_json(row["settings"] or "{}")
+            settings = SessionSettings.model_validate_json(_text(row["settings"]) or "{}")
         except ValueError:
             settings = SessionSettings()
         return SessionInfo(
-            id=row["id"],
-            title=row["title"],
+            id=_text(row["id"]),
+            title=_text(row["title"]),
             title_custom=bool(row["title_custom"]),
             created_at=_ts(row["created_at"]),
             updated_at=_ts(row["updated_at"]),
-            model_path=row["model_path"],
-            system_prompt=row["system_prompt"],
+            model_path=_text(row["model_path"]) if row["model_path"] is not None else None,
+            system_prompt=_text(row["system_prompt"]) if row["system_prompt"] is not None else None,
             settings=settings,
             n_messages=row["n_messages"],
+            damaged_text=row.damaged,
         )
 
     def get(self, session_id: str) -> SessionInfo:
@@ -322,7 +479,7 @@ class SessionStore:
         return rows[0]["id"]
 
     def rename(self, session_id: str, title: str) -> None:
-        title = " ".join(title.split())
+        title = clean(" ".join(title.split())) or ""
         if not title:
             raise StoreError("a title cannot be empty")
         with self._tx() as db:
@@ -349,10 +506,10 @@ class SessionStore:
         sets, args = ["updated_at = ?"], [_now()]
         if model_path is not None:
             sets.append("model_path = ?")
-            args.append(model_path)
+            args.append(clean(model_path))
         if system_prompt is not ...:
             sets.append("system_prompt = ?")
-            args.append(system_prompt)
+            args.append(clean(system_prompt))  # type: ignore[arg-type]
         if settings is not None:
             sets.append("settings = ?")
             args.append(settings.model_dump_json())
@@ -369,17 +526,19 @@ class SessionStore:
         return [
             StoredMessage(
                 id=r["id"],
-                role=r["role"],
-                content=r["content"],
-                status=r["status"],
-                finish=r["finish"],
+                role=r["role"] if r["role"] in ("user", "assistant") else "user",
+                content=_text(r["content"]),
+                status=r["status"] if r["status"] in ("complete", "streaming", "interrupted") else "interrupted",
+                finish=_text(r["finish"]) if r["finish"] is not None else None,
                 created_at=_ts(r["created_at"]),
+                damaged_text=r.damaged,
             )
             for r in rows
         ]
 
     def begin_exchange(self, session_id: str, text: str) -> tuple[int, int]:
         """Commit a user message and an empty ``streaming`` reply together; their row ids."""
+        text = clean(text) or ""
         now = _now()
         with self._tx() as db:
             seq = db.execute("SELECT coalesce(max(seq), 0) FROM messages WHERE session_id = ?", (session_id,))
@@ -411,14 +570,14 @@ class SessionStore:
 
     def checkpoint(self, message_id: int, content: str) -> None:
         """Save the reply so far (it stays ``streaming``)."""
-        with self._tx() as db:
-            db.execute("UPDATE messages SET content = ? WHERE id = ?", (content, message_id))
+        with self._tx(checkpoint=False) as db:
+            db.execute("UPDATE messages SET content = ? WHERE id = ?", (clean(content), message_id))
 
     def finish(self, message_id: int, content: str, finish: str | None, status: Status = "complete") -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE messages SET content = ?, status = ?, finish = ? WHERE id = ?",
-                (content, status, finish, message_id),
+                (clean(content), status, finish, message_id),
             )
             db.execute(
                 "UPDATE sessions SET updated_at = ? WHERE id = (SELECT session_id FROM messages WHERE id = ?)",
@@ -451,107 +610,7 @@ class SessionStore:
                 "INSERT INTO messages (session_id, seq, role, content, status, finish, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (session_id, n + i, m.role, m.content, m.status, m.finish, m.created_at.timestamp())
+                    (session_id, n + i, m.role, clean(m.content), m.status, m.finish, m.created_at.timestamp())
                     for i, m in enumerate(messages, start=1)
                 ],
             )
-
-
-def _salvage(damaged: Path, into: sqlite3.Connection) -> tuple[int, int]:
-    """Copy the rows that can still be read from a damaged database; (sessions, messages) copied.
-
-    A truncated file is first padded to the size its header claims (on a scratch copy):
-    SQLite refuses a file shorter than its header says, even where the pages it needs
-    are intact.  A message whose text is lost keeps its place, marked as lost.
-    """
-    scratch = damaged.with_name(damaged.name + ".salvage")
-    try:
-        shutil.copyfile(damaged, scratch)
-        _pad_to_header_size(scratch)
-        old = sqlite3.connect(f"file:{scratch}?mode=ro", uri=True, isolation_level=None)
-    except (OSError, sqlite3.Error):
-        scratch.unlink(missing_ok=True)
-        return 0, 0
-    old.row_factory = sqlite3.Row
-    n_sessions = n_messages = 0
-    into.execute("BEGIN IMMEDIATE")
-    try:
-        for row in _readable(old, "SELECT * FROM sessions"):
-            keys = [k for k in row.keys() if k in _SESSION_COLUMNS]  # noqa: SIM118 (Row iterates values)
-            into.execute(
-                f"INSERT OR IGNORE INTO sessions ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
-                [row[k] for k in keys],
-            )
-            n_sessions += 1
-        known = {r["id"] for r in into.execute("SELECT id FROM sessions")}
-        for m in _message_rows(old):
-            if m["session_id"] not in known:
-                continue
-            try:
-                content = old.execute("SELECT content FROM messages WHERE id = ?", (m["id"],)).fetchone()[0]
-                status = "interrupted" if m["status"] == "streaming" else m["status"]
-            except sqlite3.Error:
-                content, status = "[lost: this message was in a damaged part of the database]", "interrupted"
-            into.execute(
-                "INSERT OR IGNORE INTO messages (session_id, seq, role, content, status, finish, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (m["session_id"], m["seq"], m["role"], content, status, m["finish"], m["created_at"]),
-            )
-            n_messages += 1
-        into.execute("COMMIT")
-    except sqlite3.Error:
-        into.execute("ROLLBACK")
-        raise
-    finally:
-        old.close()
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{scratch}{suffix}").unlink(missing_ok=True)
-    return n_sessions, n_messages
-
-
-def _message_rows(db: sqlite3.Connection) -> list[sqlite3.Row]:
-    """Message metadata, row by row: a damaged page then costs only the rows on it."""
-    columns = "id, session_id, seq, role, status, finish, created_at"
-    rows = {r["id"]: r for r in _readable(db, f"SELECT {columns} FROM messages")}
-    top = _readable(db, "SELECT seq FROM sqlite_sequence WHERE name = 'messages'")
-    for rowid in range(1, int(top[0]["seq"]) + 1 if top else 0):
-        if rowid not in rows:
-            found = _readable(db, f"SELECT {columns} FROM messages WHERE id = ?", (rowid,))
-            if found:
-                rows[rowid] = found[0]
-    return [rows[k] for k in sorted(rows)]
-
-
-def _pad_to_header_size(path: Path) -> None:
-    with path.open("r+b") as f:
-        header = f.read(100)
-        if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
-            return
-        page_size = int.from_bytes(header[16:18], "big")
-        page_size = 65536 if page_size == 1 else page_size
-        claimed = page_size * int.from_bytes(header[28:32], "big")
-        if claimed > path.stat().st_size:
-            f.truncate(claimed)
-
-
-_SESSION_COLUMNS = {
-    "id",
-    "title",
-    "title_custom",
-    "created_at",
-    "updated_at",
-    "model_path",
-    "system_prompt",
-    "settings",
-}
-
-
-def _readable(db: sqlite3.Connection, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-    """The rows a query yields before the damage stops it."""
-    rows: list[sqlite3.Row] = []
-    try:
-        for row in db.execute(sql, args):
-            rows.append(row)
-    except sqlite3.Error as exc:
-        log.warning("stopped reading damaged rows: %s", exc)
-    return rows
