@@ -2,15 +2,19 @@
 
 ``hf_hub_download`` does the transfer (``HF_HOME``, ``HF_HUB_CACHE``, ``HF_TOKEN``,
 ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` apply); a tqdm class reports bytes, rate and ETA to a
-callback and stops the transfer when asked to.  Each part's size and SHA-256 are checked
-against the Hub's LFS metadata before the model is offered; a cancelled, failed or
-corrupt download removes the parts it fetched, so nothing half-done is listed as a model.
-A download killed outright (SIGKILL, a crash) leaves a partial blob that
-:func:`sweep_partials` removes once its writer is gone.
+callback.  A cancel stops the transfer at its next network read (see
+:func:`models.hub.cancellable`), and huggingface_hub removes its partial blob on the way out.
+Each part's size and SHA-256 are checked against the Hub's LFS metadata before the model is
+offered; a cancelled, failed or corrupt download removes the parts it fetched, so nothing
+half-done is listed as a model.  A download killed outright (SIGKILL, a crash) leaves a
+partial blob that :func:`sweep_partials` removes once its writer is gone.  Offline, or with
+the Hub unreachable, a model already in the cache is still found (:func:`cached_path`,
+:func:`cached_choices`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -21,8 +25,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from models.hub import HubError, _errors
-from models.hub_files import GGUFChoice, HubFile
+from models.hub import DownloadCancelled, HubError, HubUnreachable, _errors, cancellable, use_hub_session
+from models.hub_files import GGUFChoice, HubFile, group_gguf
 from models.units import human_bytes as _gb
 
 SPACE_MARGIN = 1.05
@@ -31,9 +35,7 @@ SPACE_MARGIN = 1.05
 STALE_AFTER = 600.0
 """Seconds a partial with no live writer must have stood still before a sweep removes it."""
 
-
-class DownloadCancelled(HubError):
-    """The user stopped the download."""
+__all__ = ["DownloadCancelled", "Progress", "cached_choices", "cached_path", "pull", "sweep_partials"]
 
 
 class Progress(BaseModel):
@@ -75,16 +77,19 @@ def pull(
     cancel: threading.Event | None = None,
     free_space: Callable[[Path], int] | None = None,
 ) -> Path:
-    """Download every part of ``choice``; returns the path of the first part (what llama.cpp loads)."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    """Download every part of ``choice``; returns the path of the first part (what llama.cpp loads).
 
+    A part already in the cache is checked against the Hub (a newer revision is fetched); with
+    the Hub unreachable the cached one is used as it is.
+    """
+    from huggingface_hub import hf_hub_download
+
+    use_hub_session()
     folder = cache_dir(cache)
     with _errors(f"download {choice.name} from {repo_id}", repo_id, folder=folder):
         folder.mkdir(parents=True, exist_ok=True)
         sweep_partials(folder)
-        cached = {
-            p.path for p in choice.parts if isinstance(try_to_load_from_cache(repo_id, p.path, cache_dir=folder), str)
-        }
+        cached = {p.path: path for p in choice.parts if (path := _in_cache(repo_id, p.path, folder)) is not None}
         need = sum(p.size for p in choice.parts if p.path not in cached)
         free = (free_space or _free_bytes)(folder)
     if int(need * SPACE_MARGIN) > free:
@@ -99,19 +104,28 @@ def pull(
         for part in choice.parts:
             meter.part = part.path
             meter.check()
-            with _errors(f"download {part.path} from {repo_id}", repo_id, folder=folder, need=need):
-                path = Path(
-                    hf_hub_download(
-                        repo_id,
-                        part.path,
-                        cache_dir=folder,
-                        endpoint=endpoint,
-                        token=token,
-                        tqdm_class=meter.tqdm_class(),
+            try:
+                with (
+                    _errors(f"download {part.path} from {repo_id}", repo_id, folder=folder, need=need),
+                    cancellable(cancel),
+                ):
+                    path = Path(
+                        hf_hub_download(
+                            repo_id,
+                            part.path,
+                            cache_dir=folder,
+                            endpoint=endpoint,
+                            token=token,
+                            tqdm_class=meter.tqdm_class(),
+                        )
                     )
-                )
+            except HubUnreachable:
                 if part.path not in cached:
-                    fetched.append(path)
+                    raise
+                path = cached[part.path]  # not checked for a newer revision, but here
+            if part.path not in cached:
+                fetched.append(path)
+                with _errors(f"download {part.path} from {repo_id}", repo_id, folder=folder):
                     _verify(path, part)
             paths.append(path)
     except BaseException:
@@ -119,6 +133,46 @@ def pull(
             _remove_cached(path)
         raise
     return paths[0]
+
+
+def cached_path(repo_id: str, choice: GGUFChoice, cache: str | Path | None = None) -> Path | None:
+    """The first part of ``choice`` when every part is in the cache (at the revision last fetched), else None."""
+    folder = cache_dir(cache)
+    paths = [_in_cache(repo_id, p.path, folder) for p in choice.parts]
+    return paths[0] if all(paths) else None
+
+
+def cached_choices(repo_id: str, cache: str | Path | None = None) -> list[tuple[GGUFChoice, Path]]:
+    """The GGUF models of ``repo_id`` found whole in the cache, with the path of each one's first part.
+
+    What ``models pull`` offers without the Hub: the snapshot ``refs/main`` names comes first,
+    then the others, newest first; a name found in two snapshots is taken from the first.
+    """
+    repo = cache_dir(cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshots = sorted(
+        (p for p in (repo / "snapshots").glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    with contextlib.suppress(OSError):
+        main = (repo / "refs" / "main").read_text().strip()
+        snapshots.sort(key=lambda p: p.name != main)
+    found: dict[str, tuple[GGUFChoice, Path]] = {}
+    for snapshot in snapshots:
+        files = []
+        for path in snapshot.rglob("*"):
+            with contextlib.suppress(OSError):
+                if path.suffix.lower() == ".gguf" and path.is_file():  # follows the link: its blob is there
+                    files.append(HubFile(path=path.relative_to(snapshot).as_posix(), size=path.stat().st_size))
+        for choice in group_gguf(files):
+            if choice.kind == "model" and choice.complete and choice.name not in found:
+                found[choice.name] = (choice, snapshot / choice.first)
+    return sorted(found.values(), key=lambda c: (c[0].size, c[0].name))
+
+
+def _in_cache(repo_id: str, filename: str, folder: Path) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=folder)
+    return Path(found) if isinstance(found, str) else None
 
 
 def sweep_partials(
@@ -130,9 +184,9 @@ def sweep_partials(
     and the kernel drops that lock when the writer dies, so a partial whose lock is free at once
     has no live writer; it is removed under that lock, so no download can start on it meanwhile.
     It must also have stood still for ``quiet_for`` seconds: a backstop for mounts where flock
-    grants everyone (some NFS, Lustre, GPFS).  A live download writes every 10 MB, so even a slow
-    one grows well within that.  Without flock (Windows) nothing is swept.  ``repo_id``: only
-    that repository's partials.
+    grants everyone (some NFS, Lustre, GPFS).  A live download writes every 256 KiB
+    (:data:`models.hub.CHUNK`), so even a slow one grows well within that.  Without flock
+    (Windows) nothing is swept.  ``repo_id``: only that repository's partials.
     """
     try:
         import fcntl

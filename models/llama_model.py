@@ -79,8 +79,10 @@ class LlamaModel(NativeHandle):
 
         self._lib = llama_cpp
         params = llama_cpp.llama_model_default_params()
+        gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        asked = n_gpu_layers
         if n_gpu_layers is None:
-            n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+            n_gpu_layers = -1 if gpu else 0
         self.n_gpu_layers = n_gpu_layers
         # "All layers": 999, the value llama.cpp's own tools use.
         params.n_gpu_layers = 999 if n_gpu_layers < 0 else n_gpu_layers
@@ -101,6 +103,13 @@ class LlamaModel(NativeHandle):
         self.vocab = llama_cpp.llama_model_get_vocab(ptr)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_layer = llama_cpp.llama_model_n_layer(ptr)
+        self.gpu_notice: str | None = None
+        """Set when GPU layers were asked for and this build cannot offload: say it once, then run on the CPU."""
+        if asked and not gpu:
+            self.gpu_notice = (
+                f"this llama.cpp build has no GPU backend, so all {self.n_layer} layers run on the CPU "
+                f"(n_gpu_layers {asked} has no effect)"
+            )
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(ptr)
         self.n_swa = int(llama_cpp.llama_model_n_swa(ptr))
         """Sliding window of the model's SWA layers (0: it has none)."""

@@ -146,6 +146,10 @@ class Chat:
                 )
         self._cancel = threading.Event()
         self._lock = threading.Lock()
+        self._doing = ""
+        """What holds the lock, in words, for the busy state and a truthful :class:`BusyError`."""
+        self._task: tuple[int, int] | None = None
+        """``(fed_tokens at the start, total)`` of a read whose size is known, for its progress."""
         self.last_reply: ReplyInfo | None = None
         self._live: tuple[float, int] | None = None
         """(start time, tokens so far) of the reply being generated, for a live tok/s."""
@@ -209,6 +213,8 @@ class Chat:
             chat.template_spec = str(chat_template) if chat_template is not None else None
             if swa is not None and swa.window is not None:
                 chat.notes.insert(0, swa.reason)
+            if llama_model.gpu_notice:
+                chat.notes.append(llama_model.gpu_notice)
             return chat
         except BaseException:
             context.close()
@@ -219,7 +225,7 @@ class Chat:
 
     def reset(self, system_prompt: str | None = None) -> None:
         """Start a new conversation (optionally with another system prompt) in the same cache."""
-        with self._exclusive():
+        with self._exclusive("starting a new chat"):
             keep, fmt = self.sinks.keep_system_prompt, self.format
             opening = fmt.opening(system_prompt, pin_system=keep) if fmt else None
             spans, folds = (list(opening.spans), opening.folds) if opening else ([], False)
@@ -278,6 +284,8 @@ class Chat:
             fallbacks=engine.fallbacks,
             reread_tokens=engine.reread_tokens,
             rereading=engine.rereading,
+            activity=self._doing or None,
+            progress=(min(engine.fed_tokens - task[0], task[1]), task[1]) if (task := self._task) else None,
             can_shift=self._can_shift,
             tokens_per_second=tokens_per_second,
             prompt_tokens_per_second=reply.prompt_tokens_per_second if reply else None,
@@ -314,11 +322,12 @@ class Chat:
         closes it, so the next turn follows a well-formed chat.  If cancelled while the
         prompt is still being read, the message is dropped and nothing is yielded.
         """
-        with self._exclusive():
+        with self._exclusive("reading your message"):
             self._cancel.clear()
             group = self._group + 1
             started, start_n = time.perf_counter(), self.engine.n_cached
-            n_prompt = self._feed_user(group, text, cancel=self._cancel)
+            n_prompt = self._feed_user(group, text, cancel=self._cancel, progress=True)
+            self._doing, self._task = "replying", None
             if n_prompt is None:
                 self.engine.truncate(min(start_n, self._group_cache_start(group)))
                 self.last_reply = ReplyInfo("cancelled", 0, 0, 0.0, time.perf_counter() - started)
@@ -333,7 +342,7 @@ class Chat:
         The old reply is removed from the cache.  If it had outgrown the window and pushed
         its question out, the question is read again.
         """
-        with self._exclusive():
+        with self._exclusive("replying"):
             if len(self.messages) < 2 or self.messages[-1]["role"] != "assistant":
                 raise SinkchatError("there is no reply to regenerate yet")
             self._cancel.clear()
@@ -351,6 +360,29 @@ class Chat:
                 n_prompt = self._feed_user(group, text)
             yield from self._reply(group, max_tokens, stop, n_prompt or 0, time.perf_counter() - started)
 
+    def rewind(self, exchanges: int) -> None:
+        """Forget the last ``exchanges`` exchanges, to go on from an earlier point (an edited message).
+
+        The cache is cut back where those exchanges began; if the first of them was already
+        evicted, the cache is refilled from what remains (:meth:`rebuild`).
+        """
+        with self._exclusive("going back in the chat"):
+            system = [m for m in self.messages if m["role"] == "system"]
+            history = [m for m in self.messages if m["role"] != "system"]
+            if not 1 <= exchanges <= len(history) // 2:
+                raise SinkchatError(f"cannot go back {exchanges} exchanges in a chat of {len(history) // 2}")
+            first = self._group - exchanges + 1
+            start = self.engine.layout.group_start(first)
+            self.messages = system + history[: len(history) - 2 * exchanges]
+            if start is not None:
+                self.engine.truncate(self._group_cache_start(first))
+                self._group = first - 1
+                if self._first_group is not None and self._first_group >= first:
+                    self._first_group = None
+                self.last_reply = None
+                return
+        self.rebuild()
+
     def rebuild(self, system_prompt: str | None | object = KEEP) -> int:
         """Refill the cache from the conversation: pins first, then the newest whole exchanges that fit.
 
@@ -359,8 +391,12 @@ class Chat:
         free for the next turn.  Returns how many exchanges are cached.
         """
         history = [m for m in self.messages if m["role"] != "system"]
+        old = self.engine
         self.reset(self.system_prompt if system_prompt is KEEP else system_prompt)  # type: ignore[arg-type]
-        with self._exclusive():
+        with self._exclusive("re-reading the history"):
+            engine = self.engine  # the counters belong to the conversation, not to this cache refill
+            engine.shifts, engine.evicted_tokens = old.shifts, old.evicted_tokens
+            engine.fallbacks, engine.reread_tokens = old.fallbacks, old.reread_tokens
             base = list(self.messages)
             pairs = [(history[i]["content"], history[i + 1]["content"]) for i in range(0, len(history) - 1, 2)]
             # Newest first, only as far back as fits: a days-long history is not tokenized whole.
@@ -370,6 +406,7 @@ class Chat:
                 if used + cost > budget:
                     break
                 used, first = used + cost, first - 1
+            self._reading(used)
             for group, (user, reply) in enumerate(pairs[first:], start=first + 1):
                 self._append_exchange(group, user, reply)
             self.messages = base + history
@@ -388,7 +425,7 @@ class Chat:
 
     def capture(self) -> tuple[CacheState, bytes]:
         """The cache's bookkeeping and KV bytes, for a snapshot (see :meth:`restore`)."""
-        with self._exclusive():
+        with self._exclusive("saving the cache"):
             engine, layout = self.engine, self.engine.layout
             if engine.shift_pending:
                 raise SinkchatError("a context shift is not applied yet; the cache cannot be saved now")
@@ -418,7 +455,7 @@ class Chat:
         """
         self._check_pairs(messages)
         self.reset(system_prompt)
-        with self._exclusive():
+        with self._exclusive("restoring the cache"):
             layout = CacheLayout(capacity=self.n_ctx, pin_target=state.pin_target, n_pinned=state.n_pinned)
             layout.segments = [Segment(s.role, s.group, s.n_tokens, s.cut, s.opener) for s in state.segments]
             if layout.n_cached != len(state.tokens) or layout.n_cached > self.n_ctx:
@@ -457,7 +494,7 @@ class Chat:
 
         With ``stop_at_eos=False`` the end-of-text token is fed back and generation goes on.
         """
-        with self._exclusive():
+        with self._exclusive("continuing the text"):
             self._cancel.clear()
             group = self._group + 1
             tokens = self._tokenize(prompt, first=not self.engine.tokens, literal=True)
@@ -500,11 +537,14 @@ class Chat:
         cancel: threading.Event | None = None,
         logits: bool = True,
         generation: bool = True,
+        progress: bool = False,
     ) -> int | None:
         """Feed a user turn (and the reply's opening); the number of tokens, or None if cancelled."""
         opener, body = self._user_tokens(self._turn(group, text), first=not self.engine.tokens)
         prompt = self._tokenize(self._chat_format().generation) if generation else []
         need = len(opener) + len(body) + len(prompt)
+        if progress:
+            self._reading(need)
         # Room first: if that evicts every older exchange, this turn follows the pins (which open it, when folded).
         self.engine.make_room(min(need, self.engine.chunk_size()), group)
         if opener and self._folds and not self._has_exchange():
@@ -662,13 +702,22 @@ class Chat:
         return self.model.tokenize(text, add_special=add_bos, parse_special=not literal)
 
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self, doing: str) -> Iterator[None]:
         if not self._lock.acquire(blocking=False):
-            raise BusyError("a reply is still being generated; cancel it first")
+            busy = self._doing or "busy"
+            if busy in ("replying", "continuing the text"):
+                raise BusyError(f"the chat is {busy}; wait for it or cancel it first")
+            raise BusyError(f"the chat is {busy}; wait for it to finish")
+        self._doing = doing
         try:
             yield
         finally:
+            self._doing, self._task = "", None
             self._lock.release()
+
+    def _reading(self, total: int) -> None:
+        """Start the progress of a read of ``total`` tokens (shown while the chat is busy)."""
+        self._task = (self.engine.fed_tokens, total)
 
     def close(self) -> None:
         """Free the context (and the model, when this chat loaded it)."""

@@ -1,25 +1,29 @@
 """The ``sinkchat`` command line.
 
 User errors (bad path, damaged GGUF, impossible settings) end in one clear line on stderr
-and exit status 2, never in a traceback.  The full-screen UI is found through the
-``sinkchat.frontends`` entry point, so this core module never imports it.
+and exit status 2, never in a traceback.  Output cut short by its reader (``| head``) ends
+quietly with status 141, as for other commands killed by SIGPIPE.  The full-screen UI is
+found through the ``sinkchat.frontends`` entry point, so this core module never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sinkchat import __version__
 from sinkchat.errors import SinkchatError
 from sinkchat.safe_text import inert, inert_line
 
 EXIT_USAGE = 2
+EXIT_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a command whose reader went away (``| head``)."""
 FRONTENDS = "sinkchat.frontends"
 
 
@@ -33,7 +37,8 @@ def _count(value: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sinkchat",
-        description="Chat forever with a local GGUF model in fixed memory (attention-sink KV cache).",
+        description="Chat forever with a local GGUF model in fixed memory (attention-sink KV cache). "
+        "With no command, opens the chat (sinkchat run).",
     )
     parser.add_argument("--version", action="version", version=f"sinkchat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -58,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         const="last",
         metavar="ID",
         help="continue a saved session: its id, a unique prefix of it, or last (the default)",
+    )
+    run.add_argument(
+        "--no-save",
+        dest="save",
+        action="store_false",
+        help="do not save this chat: nothing is written to the saved sessions",
     )
     run.add_argument("-s", "--system", metavar="TEXT", help="system prompt")
     run.add_argument(
@@ -109,14 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     rename = ssub.add_parser("rename", help="give a session a title")
     rename.add_argument("id")
     rename.add_argument("title", nargs="+")
-    rm = ssub.add_parser("rm", help="delete sessions")
+    rm = ssub.add_parser("rm", help="delete sessions (asks first)")
     rm.add_argument("ids", nargs="+", metavar="id")
+    rm.add_argument("-y", "--yes", action="store_true", help="do not ask (needed without a terminal)")
     export = ssub.add_parser("export", help="write a session as Markdown or JSON")
     export.add_argument("id")
     export.add_argument("--format", choices=["md", "json"], default="md")
     export.add_argument("-o", "--output", type=Path, metavar="FILE", help="file to write (default: stdout)")
-    imp = ssub.add_parser("import", help="add a session from a JSON export")
+    imp = ssub.add_parser("import", help="add a session from a JSON export (once: a second import says where it is)")
     imp.add_argument("file", type=Path)
+    imp.add_argument("--copy", action="store_true", help="import it even if the same chat is already here")
 
     from sinkchat import models_cli
 
@@ -216,7 +229,7 @@ def _run(args: argparse.Namespace) -> int:
     given = given_settings(args)
     library = library_for(settings)
     _report_store(library.store)
-    plan = plan_open(library, settings, model=args.model, resume=args.resume, given=given)
+    plan = plan_open(library, settings, model=args.model, resume=args.resume, given=given, save=args.save)
     if not args.plain and sys.stdin.isatty() and sys.stdout.isatty():
         tui = _frontend("tui")
         if tui is not None:
@@ -238,12 +251,16 @@ def _run(args: argparse.Namespace) -> int:
         chat.close()
         raise
     with session:
+        notice = getattr(chat.model, "gpu_notice", None)
+        if notice and not (notice in chat.notes and sys.stdin.isatty()):  # line mode on a terminal shows notes
+            print(f"sinkchat: {inert(notice)}", file=sys.stderr)
         return run_plain(session, max_tokens=settings.chat.max_tokens)
 
 
 def _sessions(args: argparse.Namespace) -> int:
     from sinkchat.opening import library_for
     from sinkchat.settings import load_settings
+    from sinkchat.store import StoreError
 
     library = library_for(load_settings())
     _report_store(library.store)
@@ -275,7 +292,14 @@ def _sessions(args: argparse.Namespace) -> int:
         store.rename(sid, " ".join(args.title))
         print(f"renamed {sid[:8]}: {inert_line(store.get(sid).title)}")
     elif args.action == "rm":
-        ids = [store.resolve(ref) for ref in args.ids]
+        ids = list(dict.fromkeys(store.resolve(ref) for ref in args.ids))
+        if store.unwritable:  # say so before asking a question whose answer cannot be carried out
+            raise StoreError(f"cannot delete session {ids[0][:8]}: {store.unwritable}")
+        titles = ", ".join(f"{sid[:8]} {inert_line(store.get(sid).title or '(untitled)', 40)}" for sid in ids)
+        what = f"{len(ids)} sessions ({titles})" if len(ids) > 1 else f"session {titles}"
+        if not confirm(f"delete {what}?", yes=args.yes):
+            print("kept", file=sys.stderr)
+            return 1
         for sid in ids:
             title = store.get(sid).title
             library.delete(sid)
@@ -289,13 +313,41 @@ def _sessions(args: argparse.Namespace) -> int:
             _write_file(args.output, text)
             print(f"wrote {inert_line(str(args.output))}", file=sys.stderr)
     else:
+        from sinkchat.export import already_here, from_json
+
         try:
             data = args.file.read_bytes()
         except OSError as exc:
             raise SinkchatError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+        twin = None if args.copy else already_here(store, from_json(data))
+        if twin is not None:
+            print(
+                f"already imported as {twin.short_id}: {inert_line(twin.title or '(untitled)')} "
+                "(--copy imports it again)"
+            )
+            return 0
         info = library.import_json(data)
         print(f"imported {info.short_id}: {inert_line(info.title)} ({info.n_messages} messages)")
     return 0
+
+
+def confirm(question: str, *, yes: bool, stdin: TextIO | None = None, err: TextIO | None = None) -> bool:
+    """True to go ahead with a deletion: ``-y`` was given, or the user answered y on the terminal.
+
+    The question goes to stderr (stdout may be a pipe).  Without a terminal to ask on and
+    without ``-y``, it refuses in one line instead of deleting unasked.
+    """
+    if yes:
+        return True
+    stdin, err = stdin or sys.stdin, err or sys.stderr
+    if not stdin.isatty():
+        raise SinkchatError("there is no terminal to ask on: pass -y to delete without a question")
+    err.write(f"{question} [y/N] ")
+    err.flush()
+    answer = stdin.readline()
+    if not answer.endswith("\n"):  # Ctrl-D: end the prompt's line
+        err.write("\n")
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _report_store(store) -> None:  # noqa: ANN001 (a SessionStore; imported lazily)
@@ -332,7 +384,6 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
     from models.errors import ModelError
-    from sinkchat.errors import SinkchatError
 
     return (ModelError, SinkchatError, ValidationError)
 
@@ -348,11 +399,33 @@ def _describe(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a reader that stops reading (``| head``) ends it quietly with status 141."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a closed pipe shows up here, not in a message at interpreter exit
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    """What is still buffered for a closed pipe goes nowhere, so that Python's exit does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind stdout (a test's StringIO)
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
+    if args.command is None:  # plain `sinkchat` opens the chat, as `sinkchat run` does
+        args = parser.parse_args(["run"])
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
     if not verbose:  # llama.cpp's complaints reach the user inside sinkchat's own error messages

@@ -59,6 +59,8 @@ class SinkEngine:
         """``(done, total)`` tokens while kept tokens are read again (a cache that cannot shift), else None."""
         self.reread_tokens = 0
         """Tokens read again so far, by fallbacks: the cost a shift would have avoided."""
+        self.fed_tokens = 0
+        """Tokens evaluated by :meth:`feed` so far: progress of a long read is measured against it."""
 
     @property
     def n_cached(self) -> int:
@@ -104,6 +106,7 @@ class SinkEngine:
                 self.shift_pending = False
                 self.layout.append(role, group, len(chunk), pin=pin, opener=opener)
                 self.tokens.extend(chunk)
+                self.fed_tokens += len(chunk)
             except BaseException:
                 # A failed or interrupted step must not leave the cache and the mirror apart.
                 self._rollback(at)

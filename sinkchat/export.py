@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
 from sinkchat.errors import SinkchatError
 from sinkchat.store import SessionInfo, SessionSettings, StoredMessage
 from sinkchat.turns import alternates
+
+if TYPE_CHECKING:
+    from sinkchat.store import SessionStore
 
 FORMAT = "sinkchat.session"
 
@@ -99,3 +105,29 @@ def to_markdown(info: SessionInfo, messages: list[StoredMessage]) -> str:
             heading += " (interrupted)"
         lines += [f"## {heading}", "", m.content, ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+class _Said(Protocol):
+    role: str
+    content: str
+
+
+def conversation_digest(system_prompt: str | None, messages: Sequence[_Said]) -> str:
+    """What makes two sessions the same chat: the system prompt and every message's role and text."""
+    doc = [system_prompt or "", [[m.role, m.content] for m in messages]]
+    return hashlib.sha256(json.dumps(doc, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def already_here(store: SessionStore, doc: ExportedSession) -> SessionInfo | None:
+    """The session of ``store`` that holds the same chat as ``doc``: an earlier import of it, or its original.
+
+    The same chat is the same system prompt and messages; the one with the export's own id
+    comes first.  A session that went on after the export is another chat: importing adds it.
+    """
+    digest = conversation_digest(doc.system_prompt, doc.messages)
+    candidates = [info for info in store.list() if info.n_messages == len(doc.messages)]
+    candidates.sort(key=lambda info: info.id != doc.id)
+    for info in candidates:
+        if conversation_digest(info.system_prompt, store.messages(info.id)) == digest:
+            return info
+    return None

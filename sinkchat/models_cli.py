@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import signal
 import sys
 import threading
@@ -42,11 +44,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     msub.add_parser("templates", help="chat templates shipped for --chat-template NAME, with their sources")
     rm = msub.add_parser("rm", help="delete a downloaded model")
     rm.add_argument("name", help="model name (as listed) or path")
-    rm.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    rm.add_argument("-y", "--yes", action="store_true", help="do not ask (needed without a terminal)")
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
+    if not os.environ.get("HF_HUB_VERBOSITY"):  # each failure ends in one sentence of ours: no retry chatter
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     action = args.action
     if action == "search":
         return _search(args, out, err)
@@ -74,11 +78,16 @@ def _search(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def _rows(repo: str, n_ctx: int):  # noqa: ANN202
+NOT_CHAT = {"mmproj": "vision projector, not a chat model", "imatrix": "importance matrix, not a chat model"}
+"""How the GGUF files that are not models are marked where they are listed, set apart."""
+
+
+def _rows(repo: str, n_ctx: int, found=None):  # noqa: ANN001,ANN202
+    """The model files of ``repo`` (``found``: choices already at hand), their needs, fits and the best fit."""
     from models.fit import detect_hardware, estimate, fit, recommend
     from models.hub import HubClient
 
-    choices = [c for c in HubClient().files(repo) if c.kind == "model"]
+    choices = [c for c in (HubClient().files(repo) if found is None else found) if c.kind == "model"]
     if not choices:
         raise SinkchatError(f"{repo} has no GGUF model files")
     hardware = detect_hardware()
@@ -89,7 +98,10 @@ def _rows(repo: str, n_ctx: int):  # noqa: ANN202
 
 
 def _files(args: argparse.Namespace, out: TextIO) -> int:
-    choices, needs, fits, best, hardware = _rows(args.repo, args.n_ctx)
+    from models.hub import HubClient
+
+    everything = HubClient().files(args.repo)
+    choices, needs, fits, best, hardware = _rows(args.repo, args.n_ctx, everything)
     out.write(f"budget: {_size(hardware.budget)} ({hardware.where}) · n_ctx {args.n_ctx}\n")
     for i, (c, need, f) in enumerate(zip(choices, needs, fits, strict=True)):
         mark = "★" if i == best else " "
@@ -98,14 +110,23 @@ def _files(args: argparse.Namespace, out: TextIO) -> int:
             f"{mark} {inert_line(c.quant or '?'):<8} {_size(c.size):>9}  needs ~{_size(need):>9}  {f:<8} "
             f"{inert_line(c.name)}{parts}\n"
         )
+    for c in everything:
+        if c.kind in NOT_CHAT:
+            out.write(
+                f"  {inert_line(c.quant or '-'):<8} {_size(c.size):>9}  {NOT_CHAT[c.kind]}: {inert_line(c.name)}\n"
+            )
     return 0
 
 
 def _pull(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from models.hub import HubUnreachable
     from models.hub_download import DownloadCancelled, Progress, pull
 
     repo, _, quant = args.ref.partition(":")
-    choices, _needs, fits, best, _hw = _rows(repo, args.n_ctx)
+    try:
+        choices, _needs, fits, best, _hw = _rows(repo, args.n_ctx)
+    except HubUnreachable as unreachable:
+        return _pull_cached(repo, quant, args.n_ctx, unreachable, out, err)
     if quant:
         wanted = [c for c in choices if (c.quant or "").upper() == quant.upper()]
         if not wanted:
@@ -151,6 +172,24 @@ def _pull(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             err.write("\n")  # the error goes on a line of its own, not after the progress
         raise
     err.write("\n")
+    out.write(f"{path}\n")
+    err.write(f"chat with it: sinkchat run --model {path}\n")
+    return 0
+
+
+def _pull_cached(repo: str, quant: str, n_ctx: int, unreachable, out: TextIO, err: TextIO) -> int:  # noqa: ANN001
+    """Without the Hub (offline mode, or unreachable): a model of ``repo`` already in the cache is the answer."""
+    from models.hub_download import cached_choices
+
+    paths = {c.name: path for c, path in cached_choices(repo)}
+    found = [c for c, _ in cached_choices(repo) if not quant or (c.quant or "").upper() == quant.upper()]
+    if not found:
+        missing = f"{repo}:{quant.upper()} is not in the cache" if quant else f"no model of {repo} is in the cache"
+        raise SinkchatError(f"{unreachable}, and {missing}")
+    choices, _needs, _fits, best, _hw = _rows(repo, n_ctx, found)
+    picked = choices[0 if quant or best is None else best]
+    path = paths[picked.name]
+    err.write(f"{unreachable.reason}: {picked.name} was downloaded before and is used as it is\n")
     out.write(f"{path}\n")
     err.write(f"chat with it: sinkchat run --model {path}\n")
     return 0
@@ -240,13 +279,14 @@ def _rm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if len(matches) > 1:
         raise SinkchatError(f"{args.name!r} names {len(matches)} models; give the path instead")
     model = matches[0]
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise SinkchatError("add --yes to delete without a question")
-        answer = input(f"delete {model.name} ({_size(model.size_bytes)}, {model.repo_id or model.path})? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            err.write("kept\n")
-            return 1
+    from sinkchat.cli import confirm
+
+    question = (
+        f"delete {inert_line(model.name)} ({_size(model.size_bytes)}, {inert_line(str(model.repo_id or model.path))})?"
+    )
+    if not confirm(question, yes=args.yes, err=err):
+        err.write("kept\n")
+        return 1
     removed = delete_model(model)
     out.write(f"deleted {model.name} ({len(removed)} files)\n")
     if model.repo_id:

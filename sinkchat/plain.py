@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import TextIO
 
 from sinkchat.safe_text import inert, inert_line
@@ -97,9 +97,10 @@ def run_plain(
                 stderr.write(chat.stats.summary() + "\n")
             elif name == "/reset":
                 chat.reset(arg.strip() or None)
-                stderr.write(f"new chat: session {chat.id[:8]}\n")
+                stderr.write("new chat (not saved)\n" if chat.unsaved else f"new chat: session {chat.id[:8]}\n")
             elif name == "/session":
-                stderr.write(f"session {chat.id[:8]} · {inert_line(chat.title or '(untitled)')}\n")
+                unsaved = " (not saved)" if chat.unsaved else ""
+                stderr.write(f"session {chat.id[:8]} · {inert_line(chat.title or '(untitled)')}{unsaved}\n")
             elif name == "/help":
                 stderr.write(HELP + "\n")
             else:
@@ -108,7 +109,7 @@ def run_plain(
         if interactive:
             stdout.write("...  " if continuing else "bot> ")
         stream = chat.generate(text, max_tokens=max_tokens) if continuing else chat.send(text, max_tokens=max_tokens)
-        with _ctrl_c_cancels(chat):
+        with _ctrl_c_cancels(chat), closing(stream):  # a reader gone mid-reply still leaves the turn closed
             for piece in stream:
                 stdout.write(inert(piece))
                 stdout.flush()

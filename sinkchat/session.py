@@ -252,24 +252,35 @@ class Session:
         """Why the last reply could not be saved (a full disk ...); the UIs show it."""
         self.unsaved: str | None = None
         """Why this whole session is not being saved (a full disk or read-only folder at start)."""
+        self._save = True
+        """False: new chats are unsaved on purpose (``Session.new(save=False)``, ``--no-save``)."""
+        self._default_save = True
+        self._unsaved_why = "--no-save"
+        self.max_tokens: int | None = info.settings.max_tokens
+        """The reply limit chosen for this session (0: no limit; None: never chosen)."""
 
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def new(cls, chat: Chat, library: SessionLibrary) -> Session:
+    def new(cls, chat: Chat, library: SessionLibrary, *, save: bool = True) -> Session:
         """Start a new saved session for ``chat``'s current conversation settings (no messages yet).
 
         When nothing can be saved, the chat still starts, unsaved, and :attr:`note` says why.
+        ``save=False`` starts it unsaved on purpose (so do its later new chats); the store is not touched.
         """
         session = cls(chat, library, _blank_info(chat), None)
+        session._save = session._default_save = save
         session._open_new()
         return session
 
     def _open_new(self) -> None:
+        if not self._save:
+            self._go_unsaved(self._unsaved_why)
+            return
         store, chat = self.library.store, self.chat
         try:
             info = store.create(
-                model_path=str(chat.model.path), system_prompt=chat.system_prompt, settings=_settings_of(chat)
+                model_path=str(chat.model.path), system_prompt=chat.system_prompt, settings=self._settings()
             )
         except StoreError as exc:
             self._go_unsaved(exc)
@@ -282,7 +293,7 @@ class Session:
             return
         self.info = info
 
-    def _go_unsaved(self, exc: Exception) -> None:
+    def _go_unsaved(self, exc: Exception | str) -> None:
         self.info, self.unsaved = _blank_info(self.chat), str(exc)
         self.note = f"this chat is not being saved: {exc}"
         log.info("%s", self.note)
@@ -434,7 +445,16 @@ class Session:
     def sampling(self, value: SamplingSettings) -> None:
         self.chat.sampling = value
         if not self.unsaved:
-            self._saving(self.library.store.update, self.id, settings=_settings_of(self.chat))
+            self._saving(self.library.store.update, self.id, settings=self._settings())
+
+    def remember_max_tokens(self, limit: int | None) -> None:
+        """Keep the reply limit chosen in this session (None: no limit), so a resume restores it."""
+        self.max_tokens = 0 if limit is None else limit
+        if not self.unsaved:
+            self._saving(self.library.store.update, self.id, settings=self._settings())
+
+    def _settings(self) -> SessionSettings:
+        return _settings_of(self.chat).model_copy(update={"max_tokens": self.max_tokens})
 
     @property
     def stats(self) -> ChatStats:
@@ -518,6 +538,12 @@ class Session:
             stream.close()
             self._finish(reply_id)
 
+    def rewind(self, exchanges: int) -> None:
+        """Go back ``exchanges`` exchanges (to resend an edited message); the saved session follows."""
+        self.chat.rewind(exchanges)
+        if not self.unsaved and self._saving(self.library.store.drop_last, self.id, 2 * exchanges):
+            self.save_snapshot()
+
     def _checkpointed(self, stream: Iterator[str], reply_id: int) -> Iterator[str]:
         store, pieces, saved_at = self.library.store, [], time.monotonic()
         for piece in stream:
@@ -566,8 +592,17 @@ class Session:
         )
         self._writer.submit(self.library.snapshot_path(self.id), header, kv)
 
-    def reset(self, system_prompt: str | None = None) -> None:
-        """A new chat is a new saved session; the current one stays in the library."""
+    def reset(self, system_prompt: str | None = None, *, save: bool | None = None) -> None:
+        """A new chat is a new saved session; the current one stays in the library.
+
+        ``save=False`` makes it unsaved: an incognito chat.  Without ``save``, the run's own
+        choice applies again (saved, unless it was started with ``--no-save``).
+        """
+        self._save = self._default_save if save is None else save
+        if save is False and self._default_save:
+            self._unsaved_why = "an incognito chat"
+        elif not self._default_save:
+            self._unsaved_why = "--no-save"
         self.chat.reset(system_prompt)
         self._switch_to(None)
 
@@ -602,6 +637,7 @@ class Session:
             self._open_new()
         else:
             self._lock, self.info = new_lock, store.get(session_id)
+            self.max_tokens = self.info.settings.max_tokens
             self._load()
 
     def delete_current(self) -> None:

@@ -6,15 +6,17 @@
     n_gpu_layers = -1             keep_system_prompt = true
                                   discard = 512
     [sampling]                    [ui]                    [keys]
-    temperature = 0.7             theme = "nord"          "chat.regenerate" = "ctrl+g"
+    temperature = 0.7             theme = "nord"          "chat.regenerate" = "ctrl+t"
 
-The file is optional; a missing one means the defaults.  ``SINKCHAT_CONFIG`` points at
-another file.  Errors name the file, the line or the setting, and what is wrong.
+The file is optional: a missing one at the default location means the defaults.
+``SINKCHAT_CONFIG`` points at another file, which must then exist.  Errors are one line
+that names the file, the line or the setting, and what is wrong.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -144,17 +146,46 @@ def default_sessions_dir() -> Path:
 
 
 def describe_validation(exc: ValidationError) -> str:
-    """One line per problem: ``cache.n_ctx: Input should be greater than or equal to 64``."""
-    return "\n".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+    """Every problem on one line: ``cache.n_ctx: Input should be greater than or equal to 64; ...``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+
+
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of ``path``, refused unless it is a regular file: a FIFO would wait for a writer forever."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fh.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a file")
+            raise SettingsError(f"{path} is not a regular file ({kind}); settings are a TOML file")
+        return fh.read()
 
 
 def load_settings(path: Path | None = None) -> Settings:
-    """Read the settings file (defaults when it does not exist)."""
+    """Read the settings file: the defaults when there is none at the default location.
+
+    A file named explicitly (``path``, or ``SINKCHAT_CONFIG``) must exist, and a ``[model] dir``
+    must be a folder: a typo there would otherwise pass unnoticed.
+    """
+    from_env = path is None and bool(os.environ.get(CONFIG_ENV))
+    explicit = path is not None or from_env
     path = path or config_path()
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return Settings()
+        raw = _read_regular(path)
+    except FileNotFoundError as exc:
+        if not explicit:
+            return Settings()
+        named = f"{CONFIG_ENV} names {path}" if from_env else f"the settings file {path}"
+        raise SettingsError(f"{named}, which does not exist (sinkchat config init creates it)") from exc
     except OSError as exc:
         raise SettingsError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
@@ -164,9 +195,14 @@ def load_settings(path: Path | None = None) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{path} is not valid TOML: {exc}") from exc
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise SettingsError(f"{path} has invalid settings:\n{describe_validation(exc)}") from exc
+        raise SettingsError(f"{path} has invalid settings: {describe_validation(exc)}") from exc
+    folder = settings.model.dir
+    if folder is not None and not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise SettingsError(f"{path} has invalid settings: model.dir: {folder} {why}")
+    return settings
 
 
 TEMPLATE = """\
@@ -210,7 +246,7 @@ theme = "textual-dark"
 
 [keys]
 # Remap any binding by its id (F1 lists them), e.g.:
-# "chat.regenerate" = "ctrl+g"
+# "chat.regenerate" = "ctrl+t"
 """
 
 

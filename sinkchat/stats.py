@@ -32,6 +32,10 @@ class ChatStats(BaseModel):
     """Tokens read again by fallbacks (a cache that cannot shift)."""
     rereading: tuple[int, int] | None = None
     """``(done, total)`` while kept tokens are being read again, else None."""
+    activity: str | None = None
+    """What the chat is busy with ("reading your message", "re-reading the history" ...), else None."""
+    progress: tuple[int, int] | None = None
+    """``(done, total)`` tokens of that activity, when it reads a known amount."""
     can_shift: bool
     tokens_per_second: float | None
     """Decode speed of the reply being generated, else of the last one (generated tokens only)."""

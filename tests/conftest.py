@@ -43,9 +43,15 @@ def gemma_path() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Never touch the developer's own settings or sessions; a test writes its own when it needs them."""
-    path = tmp_path / "config" / "config.toml"
+def isolated_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Never touch the developer's own settings or sessions; a test writes its own when it needs them.
+
+    The settings file lives beside the test's folder, not in it: tests list their own folder.
+    """
+    path = tmp_path_factory.mktemp("config") / "config.toml"
+    path.touch()  # an explicit SINKCHAT_CONFIG must name a file that exists (empty: the defaults)
     monkeypatch.setenv(CONFIG_ENV, str(path))
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))
     return path

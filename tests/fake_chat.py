@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.sampler import SamplingSettings
-from sinkchat.errors import SinkchatError
+from sinkchat.errors import BusyError, SinkchatError
 from sinkchat.locks import SessionLockedError
 from sinkchat.settings import Settings
 from sinkchat.stats import ChatStats
@@ -39,6 +39,8 @@ class FakeChat:
     closed: bool = False
     chat_problem: str | None = None
     notes: list[str] = field(default_factory=list)
+    rebuild_delay: float = 0.0
+    """Seconds a rebuild takes (a long re-read), holding the chat like the real one."""
 
     def __post_init__(self) -> None:
         self._cancel = threading.Event()
@@ -46,6 +48,8 @@ class FakeChat:
         self._next = 0
         self.n_cached = self.n_pinned = 21
         self.shifts = self.evicted = 0
+        self.activity: str | None = None
+        self.progress: tuple[int, int] | None = None
 
     @property
     def busy(self) -> bool:
@@ -61,6 +65,8 @@ class FakeChat:
             evicted_tokens=self.evicted,
             fallbacks=0,
             can_shift=True,
+            activity=self.activity,
+            progress=self.progress,
             tokens_per_second=42.0 if self.last_reply else None,
             prompt_tokens_per_second=None,
             last_shift_ms=None,
@@ -131,10 +137,26 @@ class FakeChat:
         self.messages = []
         self.n_cached = self.n_pinned
 
+    def rewind(self, exchanges: int) -> None:
+        with self._lock:
+            self.calls.append(f"rewind:{exchanges}")
+            del self.messages[len(self.messages) - 2 * exchanges :]
+
     def rebuild(self, system_prompt: str | None = None) -> int:
-        self.calls.append(f"rebuild:{system_prompt}")
-        self.system_prompt = system_prompt
-        return len(self.messages) // 2
+        if not self._lock.acquire(blocking=False):
+            raise BusyError(f"the chat is {self.activity or 'busy'}; wait for it to finish")
+        try:
+            self.calls.append(f"rebuild:{system_prompt}")
+            self.activity = "re-reading the history"
+            steps = 10
+            for i in range(steps):
+                self.progress = (i * 100, steps * 100)
+                time.sleep(self.rebuild_delay / steps)
+            self.system_prompt = system_prompt
+            return len(self.messages) // 2
+        finally:
+            self.activity = self.progress = None
+            self._lock.release()
 
     def close(self) -> None:
         self.closed = True
@@ -162,6 +184,7 @@ class FakeSession:
         self.chat, self.source = chat, source
         self.note: str | None = None
         self.save_error: str | None = None
+        self.unsaved: str | None = None
         self._open(session_id)
 
     def _open(self, session_id: str | None) -> None:
@@ -187,8 +210,20 @@ class FakeSession:
     def __getattr__(self, name: str):  # noqa: ANN204 - everything else is the chat's
         return getattr(self.chat, name)
 
+    @property
+    def max_tokens(self) -> int | None:
+        return self.info.settings.max_tokens
+
+    def remember_max_tokens(self, limit: int | None) -> None:
+        settings = self.info.settings.model_copy(update={"max_tokens": 0 if limit is None else limit})
+        self.source.store.update(self.id, settings=settings)
+        self.info = self.source.store.get(self.id)
+
     def send(self, text: str, *, max_tokens: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
         store = self.source.store
+        if self.unsaved:
+            yield from self.chat.send(text, max_tokens=max_tokens, stop=stop)
+            return
         _, reply = store.begin_exchange(self.id, text)
         yield from self.chat.send(text, max_tokens=max_tokens, stop=stop)
         store.finish(reply, self.chat.messages[-1]["content"], "eos")
@@ -197,9 +232,18 @@ class FakeSession:
     def regenerate(self, *, max_tokens: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
         return self.chat.regenerate(max_tokens=max_tokens, stop=stop)
 
-    def reset(self, system_prompt: str | None = None) -> None:
+    def rewind(self, exchanges: int) -> None:
+        self.chat.rewind(exchanges)
+        self.source.store.drop_last(self.id, 2 * exchanges)
+
+    def reset(self, system_prompt: str | None = None, *, save: bool | None = None) -> None:
         self.chat.reset(system_prompt)
-        self._open(None)
+        self.unsaved = "an incognito chat" if save is False else None
+        if save is False:
+            self.chat.messages = []
+            self.info = self.info.model_copy(update={"id": "f" * 32, "title": ""})
+        else:
+            self._open(None)
 
     def switch(self, session_id: str) -> None:
         self.source.switched.append(session_id)

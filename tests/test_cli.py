@@ -11,6 +11,14 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def settings_file(isolated_settings: Path) -> Path:
+    """An empty settings file where ``SINKCHAT_CONFIG`` points: a file named there must exist."""
+    isolated_settings.parent.mkdir(parents=True, exist_ok=True)
+    isolated_settings.touch()
+    return isolated_settings
+
+
 def sinkchat(*args: str, stdin: str = "", timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
@@ -21,6 +29,28 @@ def sinkchat(*args: str, stdin: str = "", timeout: float = 180) -> subprocess.Co
         timeout=timeout,
         env=env,
     )
+
+
+def on_a_terminal(*args: str, answer: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``sinkchat ARGS`` with a terminal as stdin (stdout and stderr piped), typing ``answer`` to its question."""
+    import pty
+
+    main, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sinkchat", *args],
+            stdin=secondary,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        os.close(secondary)
+        os.write(main, answer.encode())
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        os.close(main)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], message: str) -> None:
@@ -182,7 +212,7 @@ def test_sessions_list_show_rename_export_import_rm(tmp_path: Path) -> None:
     md = sinkchat("sessions", "export", first[:6])
     assert md.stdout.startswith("# Geography quiz")
 
-    removed = sinkchat("sessions", "rm", first[:6])
+    removed = sinkchat("sessions", "rm", "-y", first[:6])
     assert removed.returncode == 0 and f"deleted {first[:8]}" in removed.stdout
     assert first[:8] not in sinkchat("sessions", "list").stdout
 
@@ -323,3 +353,176 @@ def test_a_load_error_with_llama_cpp_s_reason_is_one_line(smollm2_path: Path, tm
     damaged.write_bytes(data)
     line = one_line_error(sinkchat("run", "--plain", "--model", str(damaged)), "llama.cpp could not load damaged.gguf")
     assert "llama.cpp said: " in line and "wrong shape" in line and "  " not in line
+
+
+# -- issue 15: rm asks, imports once, bare sinkchat chats, --no-save, the GPU notice ------------
+
+
+def session_ids() -> list[str]:
+    from sinkchat.settings import load_settings
+    from sinkchat.store import SessionStore
+
+    store = SessionStore(load_settings().sessions_dir())
+    try:
+        return [info.id for info in store.list()]
+    finally:
+        store.close()
+
+
+def test_sessions_rm_asks_and_refuses_without_a_terminal() -> None:
+    sid = saved_session()
+    refused = sinkchat("sessions", "rm", sid[:8])
+    one_line_error(refused, "there is no terminal to ask on: pass -y to delete without a question")
+    assert session_ids() == [sid]
+    kept = on_a_terminal("sessions", "rm", sid[:8], answer="n\n")
+    assert kept.returncode == 1 and f"delete session {sid[:8]} What is the capital of France?? [y/N]" in kept.stderr
+    assert "kept" in kept.stderr and kept.stdout == "" and session_ids() == [sid]
+    deleted = on_a_terminal("sessions", "rm", sid[:8], answer="y\n")
+    assert deleted.returncode == 0 and f"deleted {sid[:8]}" in deleted.stdout, deleted.stderr
+    assert session_ids() == []
+    other = saved_session()
+    assert sinkchat("sessions", "rm", "--yes", other[:8]).returncode == 0 and session_ids() == []
+
+
+def test_models_rm_asks_the_same_way(tmp_path: Path, isolated_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_gguf_meta import write_gguf
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    model = write_gguf(folder / "tiny-model.gguf", "llama")
+    isolated_settings.parent.mkdir(parents=True, exist_ok=True)
+    isolated_settings.write_text(f"[model]\ndir = {str(folder)!r}\n", encoding="utf-8")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    refused = sinkchat("models", "rm", "tiny-model")
+    one_line_error(refused, "there is no terminal to ask on: pass -y to delete without a question")
+    kept = on_a_terminal("models", "rm", "tiny-model", answer="n\n")
+    assert kept.returncode == 1 and "delete tiny-model (" in kept.stderr and "[y/N]" in kept.stderr
+    assert model.exists()
+    assert sinkchat("models", "rm", "-y", "tiny-model").returncode == 0 and not model.exists()
+
+
+def test_importing_the_same_export_twice_says_where_it_is(tmp_path: Path) -> None:
+    import json
+
+    sid = saved_session()
+    export = tmp_path / "chat.json"
+    assert sinkchat("sessions", "export", sid[:8], "--format", "json", "-o", str(export)).returncode == 0
+
+    again = sinkchat("sessions", "import", str(export))  # the original is here
+    assert again.returncode == 0 and again.stdout.startswith(f"already imported as {sid[:8]}"), again.stderr
+    assert session_ids() == [sid]
+
+    doc = json.loads(export.read_text())
+    doc["id"] = "ab" * 16
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(doc))
+    again = sinkchat("sessions", "import", str(elsewhere))  # another id, the same chat
+    assert again.returncode == 0 and again.stdout.startswith(f"already imported as {sid[:8]}")
+    assert len(session_ids()) == 1
+
+    copied = sinkchat("sessions", "import", "--copy", str(export))
+    assert copied.returncode == 0 and copied.stdout.startswith("imported ") and len(session_ids()) == 2
+    copy = next(i for i in session_ids() if i != sid)
+    assert sinkchat("sessions", "rm", "-y", sid[:8], copy[:8]).returncode == 0 and session_ids() == []
+
+    first = sinkchat("sessions", "import", str(elsewhere))
+    assert first.returncode == 0 and first.stdout.startswith("imported abababab")
+    second = sinkchat("sessions", "import", str(elsewhere))
+    assert second.returncode == 0 and second.stdout.startswith("already imported as abababab")
+    assert session_ids() == ["ab" * 16]
+
+    doc["messages"] += [{"role": "user", "content": "And Spain?"}, {"role": "assistant", "content": "Madrid."}]
+    went_on = tmp_path / "went-on.json"
+    went_on.write_text(json.dumps(doc))
+    more = sinkchat("sessions", "import", str(went_on))  # the chat went on after the first export: a new one
+    assert more.returncode == 0 and more.stdout.startswith("imported ") and "(4 messages)" in more.stdout
+    assert len(session_ids()) == 2
+
+
+def test_bare_sinkchat_opens_the_chat(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from sinkchat import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_run", lambda args: seen.append(args) or 0)
+    assert cli.main([]) == 0
+    assert len(seen) == 1 and seen[0].command == "run" and not seen[0].plain and seen[0].save
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--help"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("usage: sinkchat")
+
+
+@pytest.mark.slow
+def test_bare_sinkchat_chats_on_a_pipe() -> None:
+    bare = sinkchat(stdin="Hello\n")
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout.strip() and "usage" not in bare.stdout + bare.stderr
+
+
+@pytest.mark.slow
+def test_no_save_writes_no_session() -> None:
+    from sinkchat.settings import load_settings
+
+    sid = saved_session()
+    before = sinkchat("sessions", "list").stdout
+    folder = load_settings().sessions_dir()
+    files = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    result = sinkchat(
+        "run", "--plain", "--no-save", "--max-tokens", "8", "--temperature", "0", stdin="Hello!\nAgain?\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert len([line for line in result.stdout.splitlines() if line.strip()]) == 2
+    assert result.stderr == "sinkchat: this chat is not being saved: --no-save\n"
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == files  # not a byte written
+    assert sinkchat("sessions", "list").stdout == before and session_ids() == [sid]
+    one_line_error(sinkchat("run", "--plain", "--no-save", "--resume"), "cannot be combined with --resume")
+
+
+@pytest.mark.slow
+def test_a_new_chat_of_an_unsaved_session_stays_unsaved(smollm2_path: Path, tmp_path: Path) -> None:
+    from sinkchat.chat import Chat
+    from sinkchat.session import Session, SessionLibrary
+
+    library = SessionLibrary(tmp_path / "sessions")
+    with Session.new(Chat.load(smollm2_path, n_ctx=256), library, save=False) as session:
+        assert session.unsaved == "--no-save" and session.note == "this chat is not being saved: --no-save"
+        assert "".join(session.send("Hi", max_tokens=4))
+        session.reset()
+        assert session.unsaved == "--no-save"
+        assert "".join(session.send("Hi again", max_tokens=4))
+    assert library.store.list() == []
+    library.close()
+
+
+@pytest.mark.slow
+def test_gpu_layers_on_a_cpu_build_are_named_once(smollm2_path: Path) -> None:
+    import llama_cpp
+
+    from models.llama_model import LlamaModel
+
+    gpu_build = bool(llama_cpp.llama_supports_gpu_offload())
+    result = sinkchat("run", "--plain", "--n-gpu-layers", "5", "--max-tokens", "4", stdin="Hi\n")
+    assert result.returncode == 0, result.stderr
+    if gpu_build:
+        assert "no GPU backend" not in result.stderr
+    else:
+        assert result.stderr == (
+            "sinkchat: this llama.cpp build has no GPU backend, so all 30 layers run on the CPU "
+            "(n_gpu_layers 5 has no effect)\n"
+        )
+    for asked in (None, 0):
+        model = LlamaModel(smollm2_path, n_gpu_layers=asked)
+        assert model.gpu_notice is None
+        model.close()
+    assert sinkchat("run", "--plain", "--max-tokens", "4", stdin="Hi\n").stderr == ""
+
+
+@pytest.mark.slow
+def test_no_save_on_a_terminal_says_so_once_and_new_chats_stay_unsaved() -> None:
+    typed = "Hi\n/reset\nHello again\n/session\n\x04"
+    result = on_a_terminal("run", "--plain", "--no-save", "--max-tokens", "6", "-c", "256", answer=typed, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stderr.count("not being saved") == 1 and "note: this chat is not being saved: --no-save" in result.stderr
+    )
+    assert "new chat (not saved)" in result.stderr and "(untitled) (not saved)" in result.stderr
+    assert result.stdout.count("bot> ") == 2 and session_ids() == []

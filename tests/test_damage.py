@@ -390,7 +390,7 @@ def test_stored_fields_never_reach_the_terminal_raw(tmp_path: Path) -> None:
         ("sessions", "list"),
         ("sessions", "show", "cccc"),
         ("sessions", "rename", "cccc", "\u001b[2J", "again"),
-        ("sessions", "rm", "cccc"),
+        ("sessions", "rm", "-y", "cccc"),
     ):
         code, out, err = sinkchat(*args, data=data)
         assert code == 0, err

@@ -175,3 +175,100 @@ def test_kinds_and_incomplete_splits() -> None:
     assert kind_of("README.md") == "other"
     (choice,) = group_gguf([HubFile(path="m-Q4_0-00001-of-00002.gguf", size=1)])
     assert not choice.complete  # a part is missing from the repository
+
+
+# -- An unreachable Hub: one clear line, at once -------------------------------------------
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: a connection to it is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args", [("files", "org/Some-GGUF"), ("pull", "org/Some-GGUF"), ("search", "llama")])
+def test_an_unreachable_hub_is_said_in_one_line_at_once(args: tuple[str, ...], tmp_path: Path) -> None:
+    """huggingface_hub retried the refused connection for 23 s, with 22 log lines, before the sentence."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}", "HF_HUB_CACHE": str(tmp_path / "hf")}
+    for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_VERBOSITY"):
+        env.pop(name, None)
+    started = time.monotonic()
+    failed = subprocess.run(
+        [sys.executable, "-m", "sinkchat", "models", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    elapsed = time.monotonic() - started
+    assert failed.returncode == 2 and not failed.stdout
+    assert len(failed.stderr.splitlines()) == 1, failed.stderr
+    assert "the Hub cannot be reached (connection refused); check the network" in failed.stderr
+    assert elapsed < 8, elapsed
+
+
+def test_a_hub_that_does_not_answer_the_connection_is_unreachable_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listener whose backlog is full drops new connections, as a black-holed network does."""
+    import threading
+    import time
+
+    import models.hub
+
+    monkeypatch.setattr(models.hub, "CONNECT_TIMEOUT", 0.5)
+    with socket.socket() as server, socket.socket() as filler:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        filler.connect(server.getsockname())  # the one place in the backlog; nobody accepts
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        said: list[BaseException] = []
+
+        def list_files() -> None:
+            try:
+                HubClient(endpoint=url).files("org/Some-GGUF")
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                said.append(exc)
+
+        started = time.monotonic()
+        worker = threading.Thread(target=list_files, daemon=True)  # without a limit it would wait for ever
+        worker.start()
+        worker.join(10)
+        elapsed = time.monotonic() - started
+    assert said and isinstance(said[0], HubError), said
+    assert "the Hub cannot be reached (no connection within 0.5 s)" in str(said[0])
+    assert elapsed < 3, elapsed
+
+
+def test_the_library_writes_no_log_lines_of_its_own(hub) -> None:
+    import logging
+
+    _, url = hub
+    HubClient(endpoint=url)
+    library = logging.getLogger("huggingface_hub")
+    assert not [h for h in library.handlers if type(h) is logging.StreamHandler]  # its records go to the app's log
+    assert library.propagate
+
+
+def test_files_lists_the_files_that_are_not_models_set_apart(hub, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _, url = hub
+    env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_CACHE": str(tmp_path / "hf")}
+    env.pop("HF_TOKEN", None)
+    listed = subprocess.run(
+        [sys.executable, "-m", "sinkchat", "models", "files", "unsloth/Big-GGUF"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert "Big-Q2_K (3 parts)" in lines[1]
+    assert lines[2].split() == ["F16", "7", "B", "vision", "projector,", "not", "a", "chat", "model:", "mmproj-Big-F16"]
+    assert lines[3].endswith("importance matrix, not a chat model: imatrix")

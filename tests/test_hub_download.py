@@ -16,6 +16,7 @@ import pytest
 from models.errors import ModelFileError
 from models.hub import HubClient, HubError
 from models.hub_download import STALE_AFTER, DownloadCancelled, Progress, pull, sweep_partials
+from models.units import human_bytes
 from tests.fake_hub import FakeFile, FakeHub, FakeRepo
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -245,7 +246,7 @@ def test_the_models_command(hub, smollm2_path: Path, monkeypatch: pytest.MonkeyP
 
 # -- Stopped, killed and failed pulls: the command as a user runs it -------------------------
 
-SLOW = bytes(8 << 20)  # under huggingface_hub's 10 MB write chunk: its partial blob stays on disk, empty, to the end
+SLOW = bytes(8 << 20)  # trickled: 26 s in all, stopped long before
 
 
 @pytest.fixture
@@ -364,9 +365,10 @@ def test_killed_pulls_are_swept_but_never_a_live_one(cli_env: dict[str, str], hu
     with partial.open("ab") as f:
         f.write(DATA)  # what a bigger download would have written by then
     age(partial)
+    left = partial.stat().st_size  # that, and the 256 KiB pieces written before the kill
     listed = models_command(cli_env, "list")
     assert listed.returncode == 0 and not partials(cache)
-    assert "removed 1.0 MB of unfinished downloads left by stopped pulls" in listed.stderr
+    assert f"removed {human_bytes(left)} of unfinished downloads left by stopped pulls" in listed.stderr
 
     killed = start_pull(cli_env, "org/Slow-GGUF:Q4_0")
     partial = wait_for_partial(cache, killed)
@@ -453,3 +455,118 @@ def test_no_space_left_mid_download_names_the_disk(hub, monkeypatch: pytest.Monk
     assert said.startswith(f"cannot download tiny-Q4_K_M.gguf from org/Tiny-GGUF: the disk is full in {cache}: 1.0 MB")
     assert said.endswith(" free; free some space or set HF_HUB_CACHE to another disk") and "reached" not in said
     assert not partials(cache) and not list(cache.rglob("*.gguf"))
+
+
+# -- A cancel stops the transfer at once; without the Hub, what is cached still serves ------
+
+
+def test_a_cancel_stops_a_trickling_download_within_a_second(cli_env: dict[str, str], hub) -> None:
+    """The cancel was checked where huggingface_hub reports progress: once per 10 MB chunk, for 8 MB never."""
+    _, url, cache = hub
+    cancel = threading.Event()
+    failed: list[BaseException] = []
+
+    def download() -> None:
+        try:
+            pull("org/Slow-GGUF", choice(url, "org/Slow-GGUF", "Q4_0"), endpoint=url, cache=cache, cancel=cancel)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            failed.append(exc)
+
+    worker = threading.Thread(target=download, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not partials(cache):
+        assert worker.is_alive() and time.monotonic() < deadline, failed
+        time.sleep(0.02)
+    time.sleep(0.5)  # bytes flow, none reported yet
+    cancel.set()
+    cancelled = time.monotonic()
+    worker.join(10)
+    assert time.monotonic() - cancelled < 1.0
+    assert failed and isinstance(failed[0], DownloadCancelled), failed
+    assert not partials(cache) and not list(cache.rglob("*.gguf"))
+
+
+def test_a_cancel_stops_a_stalled_download_at_once(hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that stops sending mid-file: the read waits for data, and the cancel wakes it."""
+    fake, url, cache = hub
+    gone = threading.Event()
+    original = FakeHub.write_body
+
+    def stall(self, req, f, start, end):  # noqa: ANN001
+        if f.path != "tiny-Q8_0.gguf":
+            return original(self, req, f, start, end)
+        req.wfile.write((f.data or b"")[start : start + 100_000])
+        req.wfile.flush()
+        gone.wait(30)  # nothing more until the test ends
+
+    monkeypatch.setattr(FakeHub, "write_body", stall)
+    cancel = threading.Event()
+    failed: list[BaseException] = []
+    seen: list[Progress] = []
+
+    def download() -> None:
+        try:
+            pull("org/Tiny-GGUF", choice(url, "org/Tiny-GGUF", "Q8_0"), endpoint=url, cache=cache, cancel=cancel)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            failed.append(exc)
+
+    worker = threading.Thread(target=download, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not [r for r in fake.requests if "tiny-Q8_0" in r and not r.startswith("HEAD")]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)  # the read now waits for bytes that do not come
+    cancel.set()
+    cancelled = time.monotonic()
+    worker.join(10)
+    gone.set()
+    assert time.monotonic() - cancelled < 1.0
+    assert failed and isinstance(failed[0], DownloadCancelled), failed
+    assert not partials(cache) and not list(cache.rglob("*.gguf")) and not seen
+
+
+def test_without_the_hub_a_cached_model_is_pulled_from_the_cache(cli_env: dict[str, str], hub) -> None:
+    import socket
+
+    _, url, cache = hub
+    pulled = models_command(cli_env, "pull", "org/Tiny-GGUF:Q8_0")
+    assert pulled.returncode == 0, pulled.stderr
+    path = pulled.stdout.strip()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        unreachable = {**cli_env, "HF_ENDPOINT": f"http://127.0.0.1:{s.getsockname()[1]}"}
+    offline = {**cli_env, "HF_HUB_OFFLINE": "1"}
+    for env, why in [(offline, "offline mode is on"), (unreachable, "the Hub cannot be reached")]:
+        for ref in ("org/Tiny-GGUF:q8_0", "org/Tiny-GGUF"):  # the only one cached is the best there is
+            again = models_command(env, "pull", ref)
+            assert again.returncode == 0, again.stderr
+            assert again.stdout == f"{path}\n"
+            assert again.stderr.splitlines()[0] == f"{why}: tiny-Q8_0 was downloaded before and is used as it is"
+        missing = models_command(env, "pull", "org/Tiny-GGUF:Q4_K_M")
+        assert missing.returncode == 2 and not missing.stdout and len(missing.stderr.splitlines()) == 1
+        assert why in missing.stderr and missing.stderr.rstrip().endswith("org/Tiny-GGUF:Q4_K_M is not in the cache")
+        nothing = models_command(env, "pull", "org/Other-GGUF")
+        assert nothing.returncode == 2 and nothing.stderr.rstrip().endswith(
+            "no model of org/Other-GGUF is in the cache"
+        )
+
+
+def test_pull_uses_the_cached_parts_when_the_hub_goes_away(hub) -> None:
+    import socket
+
+    fake, url, cache = hub
+    picked = choice(url, "org/Split-GGUF", "Q4_0")
+    path = pull("org/Split-GGUF", picked, endpoint=url, cache=cache)
+    from models.hub_download import cached_choices, cached_path
+
+    assert cached_path("org/Split-GGUF", picked, cache) == path
+    assert [(c.name, p) for c, p in cached_choices("org/Split-GGUF", cache)] == [("split-Q4_0", path)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert pull("org/Split-GGUF", picked, endpoint=gone, cache=cache) == path
+    other = choice(url, "org/Tiny-GGUF", "Q4_K_M")
+    with pytest.raises(HubError, match="the Hub cannot be reached"):
+        pull("org/Tiny-GGUF", other, endpoint=gone, cache=cache)

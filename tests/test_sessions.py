@@ -188,12 +188,17 @@ def test_system_prompt_and_sampling_are_remembered(smollm2_path: Path, library) 
     with Session.new(load(smollm2_path, system_prompt="You are a pirate."), library) as session:
         talk(session, QUESTIONS[:1], 8)
         session.sampling = session.sampling.model_copy(update={"temperature": 0.3})
+        session.remember_max_tokens(None)  # "no limit" is a choice too, kept apart from "never chosen"
         sid = session.id
     info = library.store.get(sid)
     assert info.system_prompt == "You are a pirate." and info.settings.sampling["temperature"] == 0.3
+    assert info.settings.max_tokens == 0
     with Session.resume(load(smollm2_path), library, sid) as resumed:
         assert resumed.system_prompt == "You are a pirate." and resumed.sampling.temperature == 0.3
+        assert resumed.max_tokens == 0
         assert resumed.resume_tokens == 0
+        resumed.remember_max_tokens(64)
+    assert library.store.get(sid).settings.max_tokens == 64
 
 
 def test_a_missing_model_file_falls_back_with_a_message(smollm2_path: Path, library, tmp_path: Path) -> None:
@@ -263,3 +268,26 @@ def test_switching_models_on_an_empty_chat_starts_a_new_session(smollm2_path: Pa
     third = sessions.open(load(smollm2_path), second.id)
     assert third.id == second.id and len(third.messages) == 2
     third.close()
+
+
+@pytest.mark.parametrize("n_ctx", [2048, 256])
+def test_going_back_to_edit_a_message_continues_as_if_it_had_been_sent_then(
+    smollm2_path: Path, library, n_ctx: int
+) -> None:
+    """``rewind``: at 2048 the cut is in the cache; at 256 the first dropped exchange was evicted (a refill)."""
+    with Session.new(load(smollm2_path, n_ctx=n_ctx), library) as session:
+        talk(session, QUESTIONS[:3], 40)
+        session.rewind(2)
+        assert [m["content"] for m in session.messages if m["role"] == "user"] == QUESTIONS[:1]
+        cache_is_consistent(session.chat)
+        after = talk(session, ["What is the capital of France?"], 24)[0]
+        sid = session.id
+        tokens = list(session.chat.engine.tokens)
+    saved = library.store.messages(sid)
+    assert [m.content for m in saved if m.role == "user"] == [QUESTIONS[0], "What is the capital of France?"]
+    # the same conversation sent straight, never edited, reads the same cache and gives the same reply
+    with Session.new(load(smollm2_path, n_ctx=n_ctx), library) as straight:
+        talk(straight, QUESTIONS[:1], 40)
+        assert talk(straight, ["What is the capital of France?"], 24)[0] == after
+        if n_ctx == 2048:
+            assert list(straight.chat.engine.tokens) == tokens

@@ -181,3 +181,65 @@ def test_hub_screen(snap_compare, tmp_path: Path) -> None:
         assert snap_compare(snap_app, terminal_size=(110, 40), run_before=run_before)
     finally:
         fake.stop()
+
+
+SMALL = (80, 24)
+"""The smallest terminal the screens are made to fit."""
+
+
+def test_help_screen_at_80_by_24(snap_compare) -> None:
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot, lambda: pilot.app.chat is not None)
+        await pilot.press("f1")
+        await settle(pilot, lambda: pilot.app.screen.query(DataTable))
+
+    assert snap_compare(app(), terminal_size=SMALL, run_before=run_before)
+
+
+def test_sessions_screen_at_80_by_24(snap_compare, tmp_path: Path) -> None:
+    from tests.fake_chat import FakeSessions
+    from tests.test_tui_sessions import saved
+
+    sessions = FakeSessions(tmp_path)
+    saved(sessions, ("Plan a three-day trip to Lisbon with a day trip to Sintra", "Day 1: Alfama."))
+    saved(sessions, ("Why is the sky blue?", "Rayleigh scattering."), ("And sunsets?", "Longer path."))
+    settings = Settings.model_validate({"cache": {"n_ctx": 512}})
+    snap_app = SinkchatApp(settings, model_path=MODEL, chat_factory=FakeFactory(), sessions=sessions)
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot, lambda: pilot.app.chat is not None)
+        await pilot.press("ctrl+s")
+        await settle(pilot, lambda: any(t.row_count == 3 for t in pilot.app.screen.query(DataTable)))
+
+    assert snap_compare(snap_app, terminal_size=SMALL, run_before=run_before)
+
+
+def test_sampling_dialog_at_80_by_24(snap_compare) -> None:
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot, lambda: pilot.app.chat is not None)
+        await pilot.press("f3")
+        await settle(pilot, lambda: pilot.app.screen.query("#max_tokens"))
+        pilot.app.screen.query_one("#max_tokens").focus()  # no cursor blink phase to catch in the first field
+        pilot.app.screen.query_one("#apply").focus()
+        await pilot.pause(0.1)
+
+    assert snap_compare(app(), terminal_size=SMALL, run_before=run_before)
+
+
+def test_failed_model_screen_at_80_by_24(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.errors import ModelFileError
+    from tui import app as app_module
+    from tui.screens.welcome import NoModelScreen
+
+    monkeypatch.setattr(app_module, "default_model_path", lambda: MODEL)
+
+    def failing(path: Path, settings: Settings):
+        raise ModelFileError(f"{path} is not a GGUF model file (only 8 bytes)")
+
+    settings = Settings.model_validate({"model": {"dir": "/home/user/models"}})
+    snap_app = SinkchatApp(settings, model_path=Path("/home/user/bad.gguf"), chat_factory=failing)
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot, lambda: isinstance(pilot.app.screen, NoModelScreen))
+
+    assert snap_compare(snap_app, terminal_size=SMALL, run_before=run_before)

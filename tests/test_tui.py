@@ -144,29 +144,28 @@ async def test_gauge_shows_the_cache_and_shifts_rising() -> None:
 
 async def test_keymap_from_settings_remaps_a_binding() -> None:
     factory = FakeFactory(replies=["one", "two"])
-    settings = Settings.model_validate({"keys": {"chat.regenerate": "ctrl+g"}})
+    settings = Settings.model_validate({"keys": {"chat.regenerate": "ctrl+t"}})
     async with make_app(factory, settings).run_test() as pilot:
         screen = await send(pilot, "q")
         await pilot.press("ctrl+r")
         await pilot.pause(0.2)
         assert "regenerate" not in factory.chats[0].calls
-        await pilot.press("ctrl+g")
+        await pilot.press("ctrl+t")
         await wait_until(pilot, lambda: screen.replies_done == 2)
         await pilot.press("f1")
         await wait_until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen))
         table = pilot.app.screen.query_one(DataTable)
         rows = [tuple(table.get_row_at(i)) for i in range(table.row_count)]
-        assert ("Ctrl+g", "Regenerate", "chat.regenerate") in rows
+        assert ("Ctrl+T", "Regenerate", "chat.regenerate") in rows
 
 
 async def test_settings_problems_are_reported_and_defaults_used() -> None:
-    settings = Settings.model_validate({"ui": {"theme": "no-such-theme"}, "keys": {"chat.nope": "ctrl+x"}})
+    settings = Settings.model_validate({"ui": {"theme": "no-such-theme"}})  # [keys] problems stop start-up
     app = make_app(settings=settings)
     async with app.run_test() as pilot:
         await ready(pilot)
         messages = [n.message for n in app._notifications]
         assert any("unknown theme 'no-such-theme'" in m for m in messages)
-        assert any("unknown binding ids chat.nope" in m for m in messages)
         assert app.theme == "textual-dark"
         await send(pilot, "still works")
 
@@ -289,8 +288,27 @@ async def test_an_error_while_replying_is_a_notification_not_a_crash() -> None:
         await pilot.press("enter")
         await wait_until(pilot, lambda: any("decode exploded" in n.message for n in app._notifications))
         await wait_until(pilot, lambda: not screen.replying)
-        assert screen.query_one(AssistantMessage).border_subtitle == "error"
+        # nothing was read, so nothing is shown as sent: the message is back in the composer
+        assert not screen.query(AssistantMessage) and not screen.query(UserMessage)
+        assert screen.query_one(Composer).text == "x"
         assert isinstance(app.screen, ChatScreen)  # still chatting
+
+
+async def test_an_error_after_the_message_was_read_keeps_it_marked() -> None:
+    class BrokenLate(FakeChat):
+        def send(self, text, *, max_tokens=None, stop=()):
+            self.messages.append({"role": "user", "content": text})
+            yield "partial"
+            raise RuntimeError("decode exploded")
+
+    app = SinkchatApp(Settings(), model_path=MODEL, chat_factory=lambda p, s: BrokenLate())
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await type_text(pilot, "x")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: any("decode exploded" in n.message for n in app._notifications))
+        await wait_until(pilot, lambda: not screen.replying)
+        assert screen.query_one(AssistantMessage).border_subtitle == "error"
 
 
 @pytest.mark.slow

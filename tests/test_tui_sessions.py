@@ -223,3 +223,50 @@ async def test_damage_found_in_the_store_is_shown_once(tmp_path: Path) -> None:
         assert "recovered 1 sessions and 2 messages" in toast.message and "damaged" in toast.message
         screen = await open_sessions(pilot)
         assert "(recovered) Tell me about whales" in rows(screen)
+
+
+async def test_the_delete_toast_quotes_the_title(tmp_path: Path) -> None:
+    sessions = FakeSessions(tmp_path)
+    saved(sessions, ("Hello! What is the capital of France?", "Paris."))
+    async with app_with(sessions).run_test(size=(110, 32)) as pilot:
+        await ready(pilot)
+        screen = await open_sessions(pilot)
+        await type_text(pilot, "France")
+        await wait_until(pilot, lambda: rows(screen) == ["Hello! What is the capital of France?"])
+        await pilot.press("f8")
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_until(pilot, lambda: rows(screen) == [])
+        messages = [n.message for n in pilot.app._notifications]
+        assert "Deleted “Hello! What is the capital of France?”." in messages
+
+
+async def test_title_and_time_fit_at_80_columns(tmp_path: Path) -> None:
+    sessions = FakeSessions(tmp_path)
+    saved(sessions, ("Write a very long title for this session so that the column has to be cut", "Sure."))
+    saved(sessions, ("Why is the sky blue?", "Rayleigh scattering."))
+    async with app_with(sessions).run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        screen = await open_sessions(pilot)
+        table = screen.query_one(DataTable)
+        await wait_until(pilot, lambda: table.row_count == 3)  # and the new chat, untitled
+        await pilot.pause(0.1)
+        assert table.virtual_size.width <= table.scrollable_content_region.width  # nothing off the right edge
+        labels = [str(c.label) for c in table.columns.values()]
+        assert labels[:2] == ["Title", "Last used"]
+        shown = [[str(cell).strip() for cell in table.get_row_at(i)] for i in range(3)]
+        assert [row[1] for row in shown] == ["just now", "2026-01-05", "2026-01-05"]
+        titles = sorted(row[0] for row in shown[1:])
+        assert titles[0] == "Why is the sky blue?"
+        assert titles[1].startswith("Write a very long") and titles[1].endswith("…")  # cut, with a mark
+
+
+def test_column_widths() -> None:
+    from tui.screens.sessions import column_widths
+
+    wide = column_widths(104, title=40, model=30)
+    assert wide == [104 - 10 - 4 - 8 - 30, 10, 4, 30]  # room for all
+    narrow = column_widths(65, title=60, model=30)
+    assert narrow[0] >= 16 and sum(narrow) + 2 * len(narrow) <= 65 and len(narrow) == 4
+    tiny = column_widths(45, title=60, model=30)
+    assert len(tiny) == 3 and sum(tiny) + 2 * 3 <= 45  # the model column goes first

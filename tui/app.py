@@ -13,12 +13,20 @@ from textual.screen import Screen
 from models.default_model import default_model_path
 from models.local_models import LocalModel, Source, scan_local_models
 from sinkchat.safe_text import inert, inert_line
-from sinkchat.settings import Settings, config_path
+from sinkchat.settings import Settings, SettingsError, config_path
 from tui import keys
 from tui.backend import ChatBackend, ChatFactory, SessionSource, load_chat
 from tui.screens.chat import ChatScreen
 from tui.screens.help import HelpScreen
 from tui.screens.welcome import NoModelScreen
+from tui.widgets.downloads import Downloads
+
+
+def check_keys(settings: Settings) -> None:
+    """Refuse a ``[keys]`` table that names unknown bindings or keys, or gives a key two jobs."""
+    problems = keys.check_keymap(settings.keys)
+    if problems:
+        raise SettingsError(f"settings file {config_path()}: " + "; ".join(f"[keys] {p}" for p in problems))
 
 
 class SinkchatApp(App[None]):
@@ -37,6 +45,7 @@ class SinkchatApp(App[None]):
         hub_endpoint: str | None = None,
         hub_cache: Path | None = None,
     ) -> None:
+        check_keys(settings)
         super().__init__()
         self.hub_endpoint, self.hub_cache = hub_endpoint, hub_cache
         """Where the Hub browser looks and downloads (None: huggingface_hub's own settings)."""
@@ -47,11 +56,15 @@ class SinkchatApp(App[None]):
         self.settings = settings
         self.given_model = model_path
         self.model_path = model_path or settings.model.default or default_model_path()
-        self.chat_factory = chat_factory
+        self._chat_factory = chat_factory
+        self.loading: Path | None = None
+        """The model last asked to load: the one a load failure is about."""
         self.chat: ChatBackend | None = None
         self.max_tokens = settings.chat.max_tokens
-        self.user_keymap = {k: v for k, v in settings.keys.items() if k in keys.IDS}
+        self.user_keymap = dict(settings.keys)
         self._local_models = list(local_models) if local_models is not None else None
+        self.downloads = Downloads(self)
+        """Hub downloads: they outlive the Hub screen, show on every screen, and quitting asks about them."""
 
     async def on_mount(self) -> None:
         self.apply_settings()
@@ -61,24 +74,19 @@ class SinkchatApp(App[None]):
         if notice:  # damage found in the saved sessions: said once, where the user looks
             self.notify(notice, title="Saved sessions", severity="warning", timeout=30, markup=False)
         if self.model_path is None:
-            await self.push_screen(NoModelScreen(self.settings.models_dir()))
+            await self.push_screen(NoModelScreen(self.settings.models_dir(), embedded=default_model_path()))
         else:
             self.chat_screen.load(self.model_path)
 
     def apply_settings(self) -> None:
-        """Theme and key map; problems are shown, and the defaults are used instead."""
-        problems = []
+        """Theme and key map (checked before the app started); an unknown theme is shown, and the default used."""
         theme = self.settings.ui.theme
         if theme in self.available_themes:
             self.theme = theme
         else:
-            problems.append(f"unknown theme {theme!r}; available: {', '.join(sorted(self.available_themes))}")
-        unknown = keys.unknown_ids(self.settings.keys)
-        if unknown:
-            problems.append(f"[keys] names unknown binding ids {', '.join(unknown)}; F1 lists the ids")
-        self.set_keymap(self.user_keymap)
-        for problem in problems:
+            problem = f"unknown theme {theme!r}; available: {', '.join(sorted(self.available_themes))}"
             self.notify(f"{config_path()}: {problem}", title="Settings", severity="error", timeout=20, markup=False)
+        self.set_keymap(self.user_keymap)
 
     def scan_models(self) -> list[LocalModel]:
         """Models for the picker (runs in a worker: it reads file headers)."""
@@ -99,12 +107,26 @@ class SinkchatApp(App[None]):
             message, title = inert(message), inert_line(title)
         super().notify(message, title=title, **kwargs)
 
+    def chat_factory(self, path: Path, settings: Settings) -> ChatBackend:
+        """Load a model (in a worker thread), remembering which one, for the message if it fails."""
+        self.loading = path
+        return self._chat_factory(path, settings)
+
     def model_failed(self, reason: str) -> None:
-        """A model did not load: say why, and offer the ways to get another."""
+        """A model did not load: say which and why, and offer the ways to get another."""
         if self.chat is None:
-            self.push_screen(NoModelScreen(self.settings.models_dir(), reason))
+            while isinstance(self.screen, NoModelScreen):
+                self.pop_screen()
+            failed, embedded = self.loading, default_model_path()
+            self.push_screen(NoModelScreen(self.settings.models_dir(), reason, failed=failed, embedded=embedded))
         else:
             self.notify(reason, title="Model not loaded", severity="error", timeout=15, markup=False)
+
+    def open_model(self, path: Path) -> None:
+        """Chat with ``path``: leave the no-model screen and load it."""
+        while isinstance(self.screen, NoModelScreen):
+            self.pop_screen()
+        self.chat_screen.load(path)
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -129,11 +151,8 @@ class SinkchatApp(App[None]):
             return
 
         def chosen(path: Path | None) -> None:
-            if path is None:
-                return
-            while isinstance(self.screen, NoModelScreen):
-                self.pop_screen()
-            self.chat_screen.load(path)
+            if path is not None:
+                self.open_model(path)
 
         screen = HubScreen(
             HubClient(endpoint=self.hub_endpoint),
@@ -144,22 +163,27 @@ class SinkchatApp(App[None]):
         self.push_screen(screen, chosen)
 
     async def action_quit(self) -> None:
+        if self.downloads.ask_before_quit():  # a download runs: cancel it and quit, or keep it
+            return
         if self.chat is not None:
             self.chat.cancel()  # a running reply ends at the next token
         self.exit()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        """The chat's actions, and Textual's own; one command per title (ours win: "Keys" is F1)."""
         chat_screen = self.chat_screen
-        for binding in keys.CHAT:
-            action = binding.action
-            yield SystemCommand(
+        ours = [
+            SystemCommand(
                 binding.description,
-                f"{binding.description} ({binding.id})",
-                lambda action=action: chat_screen.run_action(action),
+                f"{keys.display_keys(self.user_keymap.get(binding.id or '', binding.key))} · {binding.id}",
+                lambda action=binding.action: chat_screen.run_action(action),
             )
-        yield SystemCommand("Hub", "Find and download a GGUF model from the Hugging Face Hub", self.action_open_hub)
-        yield SystemCommand("Keys", "Show every key and its binding id", self.action_help)
+            for binding in keys.CHAT
+        ]
+        ours.append(SystemCommand("Keys", "Show every key and its binding id (F1)", self.action_help))
+        titles = {command.title for command in ours}
+        yield from ours
+        yield from (command for command in super().get_system_commands(screen) if command.title not in titles)
 
 
 def run(
@@ -177,6 +201,7 @@ def run(
     """
     from tui.backend import LibrarySessions
 
+    check_keys(settings)  # before anything starts: a bad [keys] entry is one line from the command
     _log_to_file()
     sessions = LibrarySessions(library, plan, given) if library is not None else None
     if plan is not None:
@@ -194,6 +219,7 @@ def run(
     try:
         app.run()
     finally:
+        app.downloads.close()  # one still running (the app ended otherwise) is cancelled: its partial goes
         chat = app.chat
         if chat is not None:
             chat.cancel()

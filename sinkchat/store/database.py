@@ -71,6 +71,8 @@ class SessionSettings(BaseModel):
     n_ctx: int | None = None
     chat_template: str | None = None
     """The ``--chat-template`` it was chatting with (None: the model's own)."""
+    max_tokens: int | None = None
+    """The reply limit chosen for it (0: no limit; None: never chosen, the configured one applies)."""
 
 
 class SessionInfo(BaseModel):
@@ -583,6 +585,15 @@ class SessionStore:
                 "UPDATE sessions SET updated_at = ? WHERE id = (SELECT session_id FROM messages WHERE id = ?)",
                 (_now(), message_id),
             )
+
+    def drop_last(self, session_id: str, n_messages: int) -> None:
+        """Forget a session's last ``n_messages`` messages (the chat went back to an earlier point)."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE session_id = ? ORDER BY seq DESC LIMIT ?)",
+                (session_id, n_messages),
+            )
+            db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (_now(), session_id))
 
     def drop_exchange(self, user_id: int, reply_id: int) -> None:
         """Forget a question that was cancelled before the model read it."""

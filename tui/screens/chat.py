@@ -43,6 +43,12 @@ BATCH_SECONDS = 0.05
 FINISH_NOTES = {"cancelled": "stopped", "length": "max tokens reached", "stop": "stop string"}
 
 
+def _resend(chat: ChatBackend, back: int, text: str, max_tokens: int | None) -> Iterator[str]:
+    """Go back ``back`` exchanges, then send the edited message from there."""
+    chat.rewind(back)  # type: ignore[attr-defined]
+    yield from chat.send(text, max_tokens=max_tokens)
+
+
 def user_message(error: BaseException) -> str:
     """What a person needs to read about a failure: the message for their errors, the type otherwise."""
     if isinstance(error, (ModelError, SinkchatError)):
@@ -77,9 +83,17 @@ class ChatScreen(Screen[None]):
             self.view, self.text = view, text
 
     class ReplyDone(Message):
-        def __init__(self, view: AssistantMessage, note: str | None, dropped: UserMessage | None = None) -> None:
+        def __init__(
+            self,
+            view: AssistantMessage,
+            note: str | None,
+            dropped: UserMessage | None = None,
+            failed: bool = False,
+            regenerated: bool = False,
+        ) -> None:
             super().__init__()
-            self.view, self.note, self.dropped = view, note, dropped
+            self.view, self.note, self.dropped, self.failed = view, note, dropped, failed
+            self.regenerated = regenerated
 
     class TaskDone(Message):
         def __init__(self, note: str, clear: bool = False) -> None:
@@ -94,6 +108,10 @@ class ChatScreen(Screen[None]):
         """A base model is loaded: what the user types is continued as text, not answered."""
         self.replies_done = 0
         self.state = ""
+        self.busy: str | None = None
+        """What a background task is doing ("re-reading the history" ...), while no reply runs."""
+        self.queued = False
+        """A message was submitted during ``busy``: it waits in the composer and is sent when that ends."""
 
     @property
     def sink_app(self) -> SinkchatApp:
@@ -118,18 +136,34 @@ class ChatScreen(Screen[None]):
 
     def refresh_status(self) -> None:
         chat = self.chat
-        self.query_one(StatusBar).show(chat.stats if chat is not None else None, self.state)
+        state = self.state + (" · your message waits" if self.queued and self.busy else "")
+        self.query_one(StatusBar).show(chat.stats if chat is not None else None, state)
         self.sub_title = f"{inert_line(chat.model_name)} · {chat.device}" if chat is not None else "no model"
 
     def set_state(self, state: str) -> None:
         self.state = state
         self.refresh_status()
 
+    def begin_busy(self, what: str) -> None:
+        """A background task starts: one visible state, and input is kept until it ends."""
+        self.busy = what
+        self.set_state(f"{what} …")
+
+    def end_busy(self) -> None:
+        """The task ended (or failed): a message typed meanwhile is sent now."""
+        self.busy = None
+        self.set_state("")
+        if self.queued:
+            self.queued = False
+            composer = self.query_one(Composer)
+            if composer.text.strip() and self.chat is not None:
+                self.post_message(Composer.Submitted(composer.text))
+
     # -- models ----------------------------------------------------------------------------
 
     def load(self, path: Path) -> None:
         """Load a model off the UI thread; the current saved session (if any) continues in it."""
-        self.set_state(f"loading {path.stem} …")
+        self.begin_busy(f"loading {path.stem}")
         self.query_one("#messages").loading = True
         self.loading_model = True
         self.load_worker(path, self.chat)
@@ -166,9 +200,10 @@ class ChatScreen(Screen[None]):
         await self.show_history(message.history)
         self.notify(f"{message.chat.model_name} on {message.chat.device}", title="Model ready", markup=False)
         app.chat, app.model_path = message.chat, message.path
-        self.set_state("")
+        self.restore_limit()
         self.show_note(getattr(message.chat, "note", None))
         self.set_mode(message.chat)
+        self.end_busy()
         if old is not None and not message.old_closed:
             self.close_worker(old)
 
@@ -222,24 +257,67 @@ class ChatScreen(Screen[None]):
 
     # -- replies -----------------------------------------------------------------------------
 
-    def ready(self) -> ChatBackend | None:
-        if self.loading_model:
-            self.notify("A model is loading; one moment.", severity="warning", markup=False)
+    def ready(self, *, keep: bool = False) -> ChatBackend | None:
+        """The chat, when nothing runs; else None, after saying truly what runs.
+
+        With ``keep`` (a message was submitted) the message stays in the composer and is
+        sent as soon as the running task ends; only a running reply refuses it outright.
+        """
+        if self.replying:
+            self.notify("A reply is still running: Esc stops it.", severity="warning", markup=False)
+            return None
+        if self.busy is not None:
+            if keep:
+                self.queued = True
+                self.notify(f"Wait: {self.busy}. Your message is kept and sent when it ends.", markup=False)
+                self.refresh_status()
+            else:
+                self.notify(f"Wait: {self.busy}; try again when it ends.", severity="warning", markup=False)
             return None
         if self.chat is None:
             self.notify("No model is loaded yet.", severity="warning", markup=False)
             return None
-        if self.replying:
-            self.notify("A reply is still running: Esc stops it.", severity="warning", markup=False)
-            return None
         return self.chat
+
+    @on(Composer.Recall)
+    def recall(self, event: Composer.Recall) -> None:
+        """Up/Down in the box: bring back one of your earlier messages to edit and resend from there."""
+        composer = self.query_one(Composer)
+        chat = self.chat
+        mine = [m["content"] for m in (chat.messages if chat is not None else []) if m["role"] == "user"]
+        if self.continuing or not mine:
+            return
+        back = composer.recalled + event.step
+        if back > len(mine):
+            self.app.bell()
+            return
+        self.set_recalled(back, mine[-back] if back > 0 else "")
+
+    def set_recalled(self, back: int, text: str) -> None:
+        composer = self.query_one(Composer)
+        composer.recalled = back
+        composer.text = text
+        composer.move_cursor(composer.document.end if back == 0 else (0, 0))
+        composer.border_title = (
+            f"editing your message {back} back · Enter resends it, dropping what followed · Esc cancels"
+            if back
+            else None
+        )
 
     @on(Composer.Submitted)
     async def send(self, event: Composer.Submitted) -> None:
-        if self.ready() is None:
+        if self.ready(keep=True) is None:
             return
-        self.query_one(Composer).clear()
+        composer = self.query_one(Composer)
+        back = composer.recalled
+        self.set_recalled(0, "")
+        composer.clear()
         messages = self.query_one("#messages", VerticalScroll)
+        if back:  # an edited earlier message: the chat goes back to before it, on screen too
+            users = list(self.query(UserMessage))
+            shown = list(messages.children)
+            if back <= len(users) and users[-back] in shown:
+                await messages.remove_children(shown[shown.index(users[-back]) :])
         question = UserMessage(event.text, title="text" if self.continuing else "you")
         await messages.mount(question)
         view = AssistantMessage(title="continuation" if self.continuing else "assistant")
@@ -248,28 +326,41 @@ class ChatScreen(Screen[None]):
         text, max_tokens = event.text, self.sink_app.max_tokens
         if self.continuing:  # a base model: continue the text (not saved as a chat)
             self.start_reply(view, lambda chat: chat.generate(text, max_tokens=max_tokens))
+        elif back:
+            self.start_reply(view, lambda chat: _resend(chat, back, text, max_tokens), question, rewound=back)
         else:
             self.start_reply(view, lambda chat: chat.send(text, max_tokens=max_tokens), question)
 
     def start_reply(
-        self, view: AssistantMessage, run: Callable[[ChatBackend], Iterator[str]], question: UserMessage | None = None
+        self,
+        view: AssistantMessage,
+        run: Callable[[ChatBackend], Iterator[str]],
+        question: UserMessage | None = None,
+        *,
+        regenerate: bool = False,
+        rewound: int = 0,
     ) -> None:
         view.start()
         self.replying = True
         self.set_state("replying … (Esc stops)")
-        self.reply_worker(view, run, question)
+        self.reply_worker(view, run, question, regenerate, rewound)
 
     @work(thread=True, group="llm", exit_on_error=False, name="reply")
     def reply_worker(
-        self, view: AssistantMessage, run: Callable[[ChatBackend], Iterator[str]], question: UserMessage | None
+        self,
+        view: AssistantMessage,
+        run: Callable[[ChatBackend], Iterator[str]],
+        question: UserMessage | None,
+        regenerate: bool,
+        rewound: int = 0,
     ) -> None:
         chat = self.chat
         assert chat is not None
         pending: list[str] = []
         sent_at = time.monotonic()
         note: str | None = "error"
-        n_messages = len(chat.messages)
-        dropped = None
+        n_messages = len(chat.messages) - 2 * rewound  # what the chat holds before the question is read
+        dropped, failed = None, True
         try:
             for piece in run(chat):
                 pending.append(piece)
@@ -278,12 +369,13 @@ class ChatScreen(Screen[None]):
                     pending, sent_at = [], time.monotonic()
             end = chat.last_reply
             note = FINISH_NOTES.get(end.finish_reason) if end is not None else None
-            if question is not None and len(chat.messages) == n_messages:
-                dropped = question  # stopped while the message was still being read: it was not sent
+            failed = False
         finally:
+            if question is not None and len(chat.messages) == n_messages:
+                dropped = question  # stopped (or failed) before the message was read: it was not sent
             if pending:
                 self.post_message(self.Chunk(view, "".join(pending)))
-            self.post_message(self.ReplyDone(view, note, dropped))
+            self.post_message(self.ReplyDone(view, note, dropped, failed, regenerated=regenerate))
 
     async def on_chat_screen_chunk(self, message: Chunk) -> None:
         await message.view.write(message.text)
@@ -295,9 +387,10 @@ class ChatScreen(Screen[None]):
                 composer.text = message.dropped.text  # give the unsent message back
             await message.dropped.remove()
             await message.view.remove()
-            self.notify("Stopped before the message was read; it was not sent.", markup=False)
-        else:
-            await message.view.finish(message.note)
+            if not message.failed:  # a failure says why in its own toast
+                self.notify("Stopped before the message was read; it was not sent.", markup=False)
+        elif not (message.failed and message.regenerated and await self.resync()):
+            await message.view.finish(message.note)  # (a failed regenerate shows what the session holds)
         self.replying = False
         self.replies_done += 1
         self.set_state("")
@@ -308,6 +401,8 @@ class ChatScreen(Screen[None]):
     def action_stop(self) -> None:
         if self.replying and self.chat is not None:
             self.chat.cancel()
+        elif self.query_one(Composer).recalled:
+            self.set_recalled(0, "")  # Esc leaves an earlier message unedited
 
     async def action_regenerate(self) -> None:
         chat = self.ready()
@@ -324,7 +419,7 @@ class ChatScreen(Screen[None]):
         view = AssistantMessage()
         await self.query_one("#messages", VerticalScroll).mount(view)
         max_tokens = self.sink_app.max_tokens
-        self.start_reply(view, lambda chat: chat.regenerate(max_tokens=max_tokens))
+        self.start_reply(view, lambda chat: chat.regenerate(max_tokens=max_tokens), regenerate=True)
 
     def action_copy(self) -> None:
         focused = self.focused
@@ -350,7 +445,22 @@ class ChatScreen(Screen[None]):
             chat.reset(chat.system_prompt)
             return "New chat"
 
-        self.task_worker(reset, clear=True)
+        self.task_worker(reset, "starting a new chat", clear=True)
+
+    def action_incognito_chat(self) -> None:
+        """A new chat that is not saved (nothing reaches the sessions list); Ctrl+N saves again."""
+        chat = self.ready()
+        if chat is None:
+            return
+        if not hasattr(chat, "unsaved"):
+            self.notify("Chats are not being saved in this run.", markup=False)
+            return
+
+        def reset() -> str:
+            chat.reset(chat.system_prompt, save=False)  # type: ignore[call-arg]
+            return "New incognito chat: it is not saved. Ctrl+N starts a saved one."
+
+        self.task_worker(reset, "starting an incognito chat", clear=True)
 
     def action_system_prompt(self) -> None:
         chat = self.ready()
@@ -358,14 +468,14 @@ class ChatScreen(Screen[None]):
             return
 
         def apply(result: str | None) -> None:
-            if result is None or self.chat is not chat:
+            if result is None or self.chat is not chat or self.ready() is None:
                 return
 
             def rebuild() -> str:
                 kept = chat.rebuild(system_prompt=result or None)
                 return f"System prompt set; {kept} recent exchange{'s' if kept != 1 else ''} re-read into the cache."
 
-            self.task_worker(rebuild)
+            self.task_worker(rebuild, "re-reading the history with the new system prompt")
 
         self.app.push_screen(SystemPromptScreen(chat.system_prompt), apply)
 
@@ -380,6 +490,9 @@ class ChatScreen(Screen[None]):
                 return
             chat.sampling = choice.sampling
             self.sink_app.max_tokens = choice.max_tokens
+            remember = getattr(chat, "remember_max_tokens", None)
+            if remember is not None:  # a saved session keeps its reply limit, like its sampling
+                remember(choice.max_tokens)
             limit = "no limit" if choice.max_tokens is None else f"max {choice.max_tokens} tokens"
             self.notify(
                 f"temperature {choice.sampling.temperature}, top-p {choice.sampling.top_p}, {limit}", markup=False
@@ -388,8 +501,8 @@ class ChatScreen(Screen[None]):
         self.app.push_screen(SamplingScreen(chat.sampling, self.sink_app.max_tokens), apply)
 
     def action_pick_model(self) -> None:
-        if self.replying:
-            self.notify("A reply is still running: Esc stops it.", severity="warning", markup=False)
+        if self.replying or self.busy is not None:
+            self.ready()  # says truly what runs
             return
         app = self.sink_app
 
@@ -415,9 +528,10 @@ class ChatScreen(Screen[None]):
             if choice.action == "new":
                 self.action_new_chat()
             elif choice.action == "open" and choice.session_id is not None:
-                self.set_state("opening the session …")
+                self.begin_busy("opening the session")
                 self.session_worker(lambda backend: backend.switch(choice.session_id))  # type: ignore[attr-defined]
             elif choice.action == "deleted-current":
+                self.begin_busy("starting a new chat")
                 self.session_worker(lambda backend: backend.delete_current(), "Session deleted; this is a new chat.")  # type: ignore[attr-defined]
 
         self.app.push_screen(SessionsScreen(sessions, current), chosen)
@@ -433,21 +547,42 @@ class ChatScreen(Screen[None]):
 
     async def on_chat_screen_session_opened(self, message: SessionOpened) -> None:
         await self.show_history(message.history)
-        self.set_state("")
+        self.restore_limit()
         self.show_note(message.note)
+        self.end_busy()
         if message.note is None:
             title = getattr(self.chat, "title", "")
             self.notify(f"Opened “{inert(title)}”." if title else "Opened the session.", markup=False)
 
+    def task_worker(self, task: Callable[[], str], what: str, clear: bool = False) -> None:
+        """Run a chat task off the UI thread, busy (and saying what it does) until it ends."""
+        self.begin_busy(what)
+        self._task_worker(task, clear)
+
     @work(thread=True, group="llm", exit_on_error=False, name="task")
-    def task_worker(self, task: Callable[[], str], clear: bool = False) -> None:
+    def _task_worker(self, task: Callable[[], str], clear: bool) -> None:
         self.post_message(self.TaskDone(task(), clear))
 
     async def on_chat_screen_task_done(self, message: TaskDone) -> None:
         if message.clear:
             await self.query_one("#messages").remove_children()
         self.notify(message.note, markup=False)
-        self.refresh_status()
+        self.end_busy()
+
+    def restore_limit(self) -> None:
+        """A resumed session's own reply limit (0: none) replaces the configured one."""
+        saved = getattr(self.chat, "max_tokens", None)
+        if isinstance(saved, int):
+            self.sink_app.max_tokens = saved or None
+
+    async def resync(self) -> bool:
+        """Show the conversation as the saved session holds it, so screen and store never disagree."""
+        chat, sessions = self.chat, self.sink_app.sessions
+        sid = getattr(chat, "id", None)
+        if sessions is None or sid is None:
+            return False
+        await self.show_history(sessions.messages(sid))
+        return True
 
     # -- failures ----------------------------------------------------------------------------
 
@@ -458,7 +593,11 @@ class ChatScreen(Screen[None]):
         text = user_message(error) if error is not None else "unknown error"
         if event.worker.name == "load":
             self.query_one("#messages").loading = False
-            self.set_state("")
+            self.loading_model = False
+            self.queued = False  # no model: nothing to send it to; it stays in the composer
+            self.end_busy()
             self.sink_app.model_failed(text)
         else:
             self.notify(text, title="Error", severity="error", timeout=12, markup=False)
+            if event.worker.name in ("task", "session"):
+                self.end_busy()

@@ -59,7 +59,10 @@ class SamplingChoice:
 
 
 class SamplingScreen(ModalScreen[SamplingChoice | None]):
-    """Temperature, top-p and reply length for this chat; invalid values are named, not applied."""
+    """Temperature, top-p and reply length for this chat; invalid values are named, not applied.
+
+    Max tokens 0 (or empty) means no limit, as ``--max-tokens 0`` does.
+    """
 
     BINDINGS = keys.DIALOG
 
@@ -69,17 +72,20 @@ class SamplingScreen(ModalScreen[SamplingChoice | None]):
         self.max_tokens = max_tokens
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
+        fields = [
+            ("Temperature (0 = greedy)", "temperature", str(self.sampling.temperature)),
+            ("Top-p (1 = off)", "top_p", str(self.sampling.top_p)),
+            ("Max tokens per reply (0 = no limit)", "max_tokens", str(self.max_tokens or 0)),
+        ]
+        with Vertical(id="dialog", classes="sampling"):
             yield Static(Text("Sampling for this chat", style="bold"), classes="title")
-            yield Label("Temperature (0 = greedy)")
-            yield Input(str(self.sampling.temperature), id="temperature")
-            yield Label("Top-p (1 = off)")
-            yield Input(str(self.sampling.top_p), id="top_p")
-            yield Label("Max tokens per reply (empty = no limit)")
-            yield Input("" if self.max_tokens is None else str(self.max_tokens), id="max_tokens")
+            for label, field, value in fields:  # a label beside its field: the dialog fits 24 rows
+                with Horizontal(classes="field"):
+                    yield Label(label)
+                    yield Input(value, id=field)
             yield Static("", id="error", classes="error")
             with Horizontal(classes="buttons"):
-                yield Button("Apply", variant="primary", id="apply")
+                yield Button("Apply (Enter)", variant="primary", id="apply")
                 yield Button("Cancel (Esc)", id="cancel")
 
     def on_input_submitted(self) -> None:
@@ -100,7 +106,8 @@ class SamplingScreen(ModalScreen[SamplingChoice | None]):
         except ValidationError as exc:
             error.update(Text(describe_validation(exc)))
             return
-        if raw_max and (not raw_max.isdigit() or int(raw_max) < 1):
-            error.update(Text("max_tokens: a whole number of at least 1, or empty"))
+        if raw_max and not (raw_max.isascii() and raw_max.isdigit()):
+            error.update(Text("max tokens: a whole number; 0 (or empty) = no limit"))
             return
-        self.dismiss(SamplingChoice(sampling, int(raw_max) if raw_max else None))
+        limit = int(raw_max) if raw_max else 0
+        self.dismiss(SamplingChoice(sampling, limit or None))

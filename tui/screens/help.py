@@ -10,15 +10,16 @@ from textual.widgets import DataTable, Static
 
 from tui import keys
 
+EXAMPLE = '"chat.regenerate" = "ctrl+t"'
+"""A remapping that collides with nothing (a test holds it to that)."""
 
-def pretty(key_list: str) -> str:
-    names = {"question_mark": "?", "escape": "Esc", "enter": "Enter"}
-    out = []
-    for key in key_list.split(","):
-        key = key.strip()
-        parts = [names.get(p, p.capitalize() if len(p) > 1 else p) for p in key.split("+")]
-        out.append("+".join(parts))
-    return " / ".join(out)
+
+def shown_keys(key_list: str) -> tuple[str, list[str]]:
+    """The keys every terminal sends, for the table, and the ones only some terminals tell apart."""
+    every = [k.strip() for k in key_list.split(",")]
+    some = [k for k in every if keys.needs_keyboard_protocol(k)]
+    usual = [k for k in every if k not in some] or some
+    return " / ".join(keys.display_key(k) for k in usual), [keys.display_key(k) for k in some if k not in usual]
 
 
 class HelpScreen(ModalScreen[None]):
@@ -30,18 +31,21 @@ class HelpScreen(ModalScreen[None]):
         self.config_file = config_file
 
     def compose(self) -> ComposeResult:
+        notes: list[str] = []
         with Vertical(id="help"):
             yield Static(Text("Keys", style="bold"), classes="title")
             table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True)
             table.add_columns("Key", "Action", "Binding id")
-            for binding_id, key, description in keys.effective_keys(self.keymap):
-                table.add_row(pretty(key), description, binding_id)
+            for binding_id, key_list, description in keys.effective_keys(self.keymap):
+                usual, some = shown_keys(key_list)
+                table.add_row(usual, description, binding_id)
+                if some:
+                    notes.append(
+                        f"{' / '.join(some)} ({description.lower()}) work only in terminals with the kitty "
+                        "keyboard protocol (kitty, WezTerm, foot, Ghostty); elsewhere they arrive as Enter.\n"
+                    )
             yield table
             yield Static(
-                Text(
-                    "Remap a key in the [keys] table of "
-                    f'{self.config_file}, e.g. "chat.regenerate" = "ctrl+g". '
-                    "Ctrl+P opens the command palette.",
-                ),
+                Text("".join(notes) + f"Remap keys in [keys] of {self.config_file}, e.g. {EXAMPLE}"),
                 classes="hint",
             )

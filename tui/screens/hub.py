@@ -1,13 +1,16 @@
 """Find a GGUF model on the Hugging Face Hub, see which file fits this machine, download it, chat.
 
-Searching, listing and downloading run in thread workers; a download keeps going (and its
-bar keeps moving) while the user searches for something else.  Repository names and file
-names come from the network: they are shown as plain text, never as markup.
+Searching and listing run in thread workers.  A download belongs to the app
+(:class:`tui.widgets.downloads.Downloads`): it keeps going, and its bar keeps moving, while the
+user searches for something else, closes this screen or reopens it.  Files already in the
+cache are marked ✓ and chat at once; ``mmproj`` and ``imatrix`` files are listed apart, as
+not chat models.  Opening the screen removes the partial files of downloads whose process
+died.  Repository names and file names come from the network: they are shown as plain text,
+never as markup.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,25 +27,34 @@ from textual.widgets import DataTable, Input, ProgressBar, Static
 from models.errors import ModelError
 from models.fit import Fit, Hardware, estimate, fit, recommend
 from models.hub import HubClient, HubModel
-from models.hub_download import Progress
+from models.hub_download import Progress, cached_path, sweep_partials
 from models.hub_files import GGUFChoice
 from models.local_models import LocalModel
 from models.units import human_bytes as human
 from sinkchat.safe_text import inert_line
 from tui import keys
+from tui.widgets.downloads import Download, Downloads
 
 Puller = Callable[..., Path]
 """``pull(repo_id, choice, on_progress=, cancel=) -> path`` (``models.hub_download.pull``, bound to an endpoint)."""
 
 SEARCH_DELAY = 0.4
 FIT_STYLE = {"fits": "green", "tight": "yellow", "too big": "red"}
+NOT_CHAT = {"mmproj": "vision projector, not a chat model", "imatrix": "importance matrix, not a chat model"}
 
 
 @dataclass
 class FileRow:
     choice: GGUFChoice
-    need: int
-    fit: Fit
+    need: int | None
+    """None: not a chat model (``mmproj``, ``imatrix``), listed apart."""
+    fit: Fit | None
+    path: Path | None = None
+    """Where it is in the cache, when every part is there."""
+
+
+def count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 class HubScreen(ModalScreen[Path | None]):
@@ -72,6 +84,11 @@ class HubScreen(ModalScreen[Path | None]):
             super().__init__()
             self.models = models
 
+    class Swept(Message):
+        def __init__(self, freed: int) -> None:
+            super().__init__()
+            self.freed = freed
+
     class Moved(Message):
         def __init__(self, progress: Progress) -> None:
             super().__init__()
@@ -84,11 +101,20 @@ class HubScreen(ModalScreen[Path | None]):
         self.rows: list[FileRow] = []
         self.repo: str | None = None
         self.downloading: tuple[str, GGUFChoice] | None = None
-        self.downloaded: dict[tuple[str, str], Path] = {}
+        """The app's running download, as this screen last drew it."""
         self.local: list[LocalModel] | None = None
         """Shown instead of the Hub's files when the Hub cannot be reached."""
-        self.cancel = threading.Event()
         self._timer: Timer | None = None
+        self._focus_results = False
+        """Enter in the search box: the results take the focus when some arrive."""
+
+    @property
+    def downloads(self) -> Downloads:
+        return Downloads.of(self.app)
+
+    @property
+    def cache(self) -> Path | None:
+        return getattr(self.app, "hub_cache", None)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="hub"):
@@ -108,6 +134,10 @@ class HubScreen(ModalScreen[Path | None]):
     def on_mount(self) -> None:
         self.query_one("#hub-download").display = False
         self.status("Type to search; Tab moves between the lists; Enter opens; Esc closes.")
+        self.downloads.changed.subscribe(self, self.download_changed)
+        if self.downloads.running is not None:  # started before this screen was opened
+            self.download_changed(self.downloads.running)
+        self.sweep_worker()
         self.search_worker("")
         self.query_one(Input).focus()
 
@@ -126,8 +156,8 @@ class HubScreen(ModalScreen[Path | None]):
     def submitted(self) -> None:
         if self._timer is not None:
             self._timer.stop()
+        self._focus_results = True  # once there are results to go to
         self.search_worker(self.query_one(Input).value.strip())
-        self.query_one("#hub-results", DataTable).focus()
 
     @work(thread=True, exclusive=True, group="hub-search")
     def search_worker(self, query: str) -> None:
@@ -150,8 +180,14 @@ class HubScreen(ModalScreen[Path | None]):
         elif not message.results:
             self.status(f"No GGUF models match {message.query!r}.")
         else:
-            self.status(f"{len(message.results)} repositories · Enter lists the files")
+            self.status(f"{count(len(message.results), 'repository', 'repositories')} · Enter lists the files")
         self.results = message.results
+        if self.repo not in {r.repo_id for r in self.results}:
+            self.show_files(None)  # the files of a repository no longer listed
+        if message.query == self.query_one(Input).value.strip():  # not an older search's late answer
+            if self._focus_results and self.results:
+                table.focus()
+            self._focus_results = False
         table.clear()
         for r in self.results:
             updated = r.last_modified.strftime("%Y-%m-%d") if r.last_modified else ""
@@ -166,7 +202,31 @@ class HubScreen(ModalScreen[Path | None]):
         if 0 <= event.cursor_row < len(self.results):
             self.local = None
             self.repo = self.results[event.cursor_row].repo_id
+            self.query_one("#hub-files", DataTable).loading = True
+            self.status(f"Listing the files of {inert_line(self.repo)} …")
             self.files_worker(self.repo)
+
+    def show_files(self, repo: str | None) -> None:
+        """Which repository's files the table is for; None empties it."""
+        self.repo, self.rows = repo, []
+        table = self.query_one("#hub-files", DataTable)
+        table.loading = False
+        if self.local is None:
+            table.clear()
+
+    # -- partial files of downloads that died --------------------------------------------------
+
+    @work(thread=True, group="hub-sweep")
+    def sweep_worker(self) -> None:
+        self.post_message(self.Swept(sweep_partials(self.cache)))
+
+    def on_hub_screen_swept(self, message: Swept) -> None:
+        if message.freed:
+            self.notify(
+                f"Removed {human(message.freed)} of unfinished downloads left by a sinkchat that was stopped.",
+                title="Hub cache",
+                markup=False,
+            )
 
     # -- offline: the local library ------------------------------------------------------------
 
@@ -178,6 +238,7 @@ class HubScreen(ModalScreen[Path | None]):
     def on_hub_screen_local(self, message: Local) -> None:
         self.local, self.rows, self.repo = [m for m in message.models if m.usable], [], None
         table = self.query_one("#hub-files", DataTable)
+        table.loading = False
         table.clear()
         for m in self.local:
             table.add_row(
@@ -185,7 +246,8 @@ class HubScreen(ModalScreen[Path | None]):
                 Text(""), Text("local"), Text(inert_line(m.name)),
             )  # fmt: skip
         status = self.query_one("#hub-status", Static)
-        status.update(Text(f"{status.content} · {len(self.local)} models on this machine below: Enter chats"))
+        local = count(len(self.local), "model", "models")
+        status.update(Text(f"{status.content} · {local} on this machine below: Enter chats"))
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -193,13 +255,16 @@ class HubScreen(ModalScreen[Path | None]):
     def files_worker(self, repo: str, focus: bool = True) -> None:
         """List the files; ``focus=False`` for a refresh that must not take the keyboard from the user."""
         try:
-            choices = [c for c in self.client.files(repo) if c.kind == "model"]
+            choices = self.client.files(repo)
             hardware = self.hardware()
             rows = []
             for c in choices:
-                need = estimate(c.size, self.n_ctx, quant=c.quant).total
-                rows.append(FileRow(c, need, fit(need, hardware)))
-            best = recommend([r.choice.quant for r in rows], [r.choice.size for r in rows], [r.fit for r in rows])
+                if c.kind == "model":
+                    need = estimate(c.size, self.n_ctx, quant=c.quant).total
+                    rows.append(FileRow(c, need, fit(need, hardware), cached_path(repo, c, self.cache)))
+            models = list(rows)
+            rows += [FileRow(c, None, None) for c in choices if c.kind in NOT_CHAT]  # apart, after the models
+            best = recommend([r.choice.quant for r in models], [r.choice.size for r in models], [r.fit for r in models])
             self.post_message(self.Files(repo, rows, best, focus=focus))
         except ModelError as exc:
             self.post_message(self.Files(repo, None, None, str(exc), focus=focus))
@@ -208,6 +273,7 @@ class HubScreen(ModalScreen[Path | None]):
         if message.repo != self.repo:
             return
         table = self.query_one("#hub-files", DataTable)
+        table.loading = False
         table.clear()
         if message.rows is None:
             self.rows = []
@@ -216,22 +282,32 @@ class HubScreen(ModalScreen[Path | None]):
         self.rows = message.rows
         for i, row in enumerate(self.rows):
             c = row.choice
-            have = (message.repo, c.name) in self.downloaded
+            name = inert_line(c.name) + (f" ({len(c.parts)} parts)" if len(c.parts) > 1 else "")
+            if row.need is None or row.fit is None:  # not a chat model: apart, dimmed, nothing to fit
+                table.add_row(
+                    Text(""), Text(inert_line(c.quant or "-"), style="dim"), Text(human(c.size), justify="right", style="dim"),
+                    Text(""), Text("-", style="dim"), Text(f"{name} ({NOT_CHAT[c.kind]})", style="dim"),
+                )  # fmt: skip
+                continue
+            have = row.path is not None or (message.repo, c.name) in self.downloads.finished
             table.add_row(
-                Text("★" if i == message.best else ("✓" if have else "")),
+                Text(("★" if i == message.best else "") + ("✓" if have else "")),
                 Text(inert_line(c.quant or "?")),
                 Text(human(c.size), justify="right"),
                 Text("~" + human(row.need), justify="right"),
                 Text(row.fit, style=FIT_STYLE[row.fit]),
-                Text(inert_line(c.name) + (f" ({len(c.parts)} parts)" if len(c.parts) > 1 else "")),
+                Text(name),
             )
         if message.best is not None and message.focus:
             table.move_cursor(row=message.best)
         if message.focus:
             table.focus()
+        models = [r for r in self.rows if r.need is not None]
+        files = count(len(models), "file", "files")
+        have = " · ✓ downloaded: Enter chats" if any(r.path for r in models) else ""
         self.status(
-            f"{len(self.rows)} files of {inert_line(message.repo)} at n_ctx {self.n_ctx} · ★ best fit · Enter downloads"
-            if self.rows
+            f"{files} of {inert_line(message.repo)} at n_ctx {self.n_ctx} · ★ best fit · Enter downloads{have}"
+            if models
             else f"{inert_line(message.repo)} has no GGUF model files."
         )
 
@@ -243,30 +319,31 @@ class HubScreen(ModalScreen[Path | None]):
             return
         if not (0 <= event.cursor_row < len(self.rows)) or self.repo is None:
             return
-        choice = self.rows[event.cursor_row].choice
-        done = self.downloaded.get((self.repo, choice.name))
+        row = self.rows[event.cursor_row]
+        choice = row.choice
+        if row.need is None:
+            self.status(f"{inert_line(choice.name)} is a {NOT_CHAT[choice.kind]}: sinkchat does not load it.")
+            return
+        done = row.path or self.downloads.finished.get((self.repo, choice.name))
         if done is not None:
             self.dismiss(done)  # downloaded: chat with it
             return
-        if self.downloading is not None:
+        if not self.downloads.start(self.repo, choice, self.pull):
             self.notify("A download is running; Ctrl+B cancels it.", severity="warning", markup=False)
+
+    # -- download: the app's, drawn here ----------------------------------------------------------
+
+    def download_changed(self, download: Download) -> None:
+        """The app's download moved, or ended (then the app has said how)."""
+        if download.done:
+            self.post_message(self.Downloaded(download.repo, download.choice, download.path, download.error))
             return
-        self.downloading = (self.repo, choice)
-        self.cancel.clear()
-        self.query_one("#hub-download").display = True
-        bar = self.query_one(ProgressBar)
-        bar.update(total=choice.size, progress=0)
-        self.download_worker(self.repo, choice)
-
-    # -- download ------------------------------------------------------------------------------
-
-    @work(thread=True, group="hub-download")
-    def download_worker(self, repo: str, choice: GGUFChoice) -> None:
-        try:
-            path = self.pull(repo, choice, on_progress=lambda p: self.post_message(self.Moved(p)), cancel=self.cancel)
-            self.post_message(self.Downloaded(repo, choice, path, None))
-        except ModelError as exc:
-            self.post_message(self.Downloaded(repo, choice, None, str(exc)))
+        if self.downloading != (download.repo, download.choice):
+            self.downloading = (download.repo, download.choice)
+            self.query_one("#hub-download").display = True
+            self.query_one(ProgressBar).update(total=download.choice.size, progress=0)
+        if download.progress is not None:
+            self.post_message(self.Moved(download.progress))
 
     def on_hub_screen_moved(self, message: Moved) -> None:
         p = message.progress
@@ -281,14 +358,8 @@ class HubScreen(ModalScreen[Path | None]):
     def on_hub_screen_downloaded(self, message: Downloaded) -> None:
         self.downloading = None
         self.query_one("#hub-download").display = False
-        if message.path is None:
-            self.notify(message.error or "the download failed", title="Not downloaded", severity="error", markup=False)
-            return
-        self.downloaded[(message.repo, message.choice.name)] = message.path
-        self.notify(f"{message.choice.name} is ready: Enter on it starts a chat.", title="Downloaded", markup=False)
-        if message.repo == self.repo:
+        if message.path is not None and message.repo == self.repo:
             self.files_worker(message.repo, focus=False)  # redraw with the ✓
 
     def action_cancel_download(self) -> None:
-        if self.downloading is not None:
-            self.cancel.set()
+        self.downloads.cancel()

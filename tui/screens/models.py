@@ -1,4 +1,8 @@
-"""Pick a local GGUF model for a new chat (the embedded default, the models folder, given paths)."""
+"""Pick a local GGUF model to chat with (the embedded default, the models folder, given paths).
+
+The chat goes on in the chosen model: the saved session is reopened in it (without saved
+sessions, as in tests, a new chat starts).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ Scanner = Callable[[], list[LocalModel]]
 
 
 class ModelPickerScreen(ModalScreen[Path | None]):
-    """Lists models without loading them; Enter starts a new chat with the chosen one."""
+    """Lists models without loading them; Enter switches to the chosen one."""
 
     BINDINGS = keys.DIALOG
 
@@ -35,7 +39,7 @@ class ModelPickerScreen(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker"):
-            yield Static(Text("Choose a model for a new chat", style="bold"), classes="title")
+            yield Static(Text(self.title_text(), style="bold"), classes="title")
             table: DataTable[Text] = DataTable(cursor_type="row", id="models")
             table.add_columns("Model", "Size", "Quant", "Arch", "Context", "From")
             yield table
@@ -44,6 +48,11 @@ class ModelPickerScreen(ModalScreen[Path | None]):
                 classes="hint",
                 id="picker-hint",
             )
+
+    def title_text(self) -> str:
+        if getattr(self.app, "sessions", None) is None:  # nothing is saved: the new model starts afresh
+            return "Choose a model: a new chat starts in it"
+        return "Choose a model: this chat continues in it"
 
     def on_mount(self) -> None:
         self.query_one(DataTable).loading = True

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
@@ -29,6 +29,23 @@ from tui.backend import SessionSource
 HINT = "↑↓ choose · Enter open · Ctrl+N new chat · F2 rename · F8 (or Delete in the list) delete · Esc close"
 SEARCH_DELAY = 0.2
 """Seconds of quiet typing before the list is searched again."""
+
+TIME_WIDTH, COUNT_WIDTH, MODEL_MIN, TITLE_MIN = 10, 4, 12, 16
+"""Columns: ``59 min ago`` / ``2025-01-31``, a message count, then title and model share the rest."""
+
+
+def column_widths(width: int, title: int, model: int) -> list[int]:
+    """Widths of Title, Last used, Msgs and Model in ``width`` cells (each column pads one cell a side).
+
+    The title and the time always show; the title gets the room the model name does not need,
+    and the model column goes first when the screen is narrow.
+    """
+    rest = width - TIME_WIDTH - COUNT_WIDTH - 2 * 4
+    title, model = max(title, len("Title")), max(model, len("Model"))
+    if rest >= TITLE_MIN + MODEL_MIN:
+        model = min(model, max(MODEL_MIN, rest - title))
+        return [max(rest - model, TITLE_MIN), TIME_WIDTH, COUNT_WIDTH, model]
+    return [max(rest + 2, TITLE_MIN), TIME_WIDTH, COUNT_WIDTH]
 
 
 @dataclass(frozen=True)
@@ -67,9 +84,7 @@ class SessionsScreen(ModalScreen[SessionChoice | None]):
         with Vertical(id="sessions"):
             yield Static(Text("Sessions", style="bold"), classes="title")
             yield Input(placeholder="Search titles and messages", id="session-search")
-            table: DataTable[Text] = DataTable(cursor_type="row", id="session-list")
-            table.add_columns("Title", "Last used", "Messages", "Model")
-            yield table
+            yield DataTable(cursor_type="row", id="session-list")
             yield Static(
                 Text(HINT),
                 classes="hint",
@@ -89,23 +104,44 @@ class SessionsScreen(ModalScreen[SessionChoice | None]):
         except SinkchatError as exc:
             self.notify(str(exc), severity="error", markup=False)
             self.shown = []
-        table = self.query_one(DataTable)
-        table.clear()
-        for info in self.shown:
-            current = info.id == self.current
-            style = "bold" if current else ""
-            table.add_row(
-                Text(("● " if current else "  ") + inert_line(info.title or "(untitled)"), style=style),
-                Text(ago(info.updated_at)),
-                Text(str(info.n_messages), justify="right"),
-                Text(inert_line(info.model_name)),
-                key=info.id,
-            )
+        self.fill_table()
         hint = self.query_one("#sessions-hint", Static)
         if not self.shown:
             hint.update(Text("No sessions match." if search else "No saved sessions yet."))
         else:
             hint.update(Text(HINT))
+
+    def fill_table(self) -> None:
+        """The rows, in columns as wide as the screen allows: title and time always fit."""
+        table: DataTable[Text] = self.query_one(DataTable)
+        row = table.cursor_row
+        width = table.size.width or min(self.app.size.width * 9 // 10, 110) - 6  # before the first layout
+        titles = [("● " if i.id == self.current else "  ") + inert_line(i.title or "(untitled)") for i in self.shown]
+        models = [inert_line(i.model_name) for i in self.shown]
+        widths = column_widths(
+            width - 1,  # the vertical scrollbar
+            max(map(len, titles), default=0),
+            max(map(len, models), default=0),
+        )
+        table.clear(columns=True)
+        for label, cell_width in zip(("Title", "Last used", "Msgs", "Model"), widths, strict=False):
+            table.add_column(label, width=cell_width)
+        for info, title, model in zip(self.shown, titles, models, strict=True):
+            style = "bold" if info.id == self.current else ""
+            cells = [
+                Text(title, style=style),
+                Text(ago(info.updated_at)),
+                Text(str(info.n_messages), justify="right"),
+                Text(model),
+            ]
+            for cell, cell_width in zip(cells, widths, strict=False):
+                cell.truncate(cell_width, overflow="ellipsis")
+            table.add_row(*cells[: len(widths)], key=info.id)
+        if self.shown:
+            table.move_cursor(row=min(max(row, 0), len(self.shown) - 1))
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.call_after_refresh(self.fill_table)
 
     @on(Input.Changed, "#session-search")
     def search_changed(self) -> None:
@@ -176,7 +212,7 @@ class SessionsScreen(ModalScreen[SessionChoice | None]):
             except (SinkchatError, ModelError, OSError) as exc:
                 self.notify(str(exc), title="Not deleted", severity="error", timeout=10, markup=False)
                 return
-            self.notify(f"Deleted {inert_line(info.title or 'the session')}.", markup=False)
+            self.notify(f"Deleted “{inert_line(info.title)}”." if info.title else "Deleted the session.", markup=False)
             self.refresh_list()
 
         what = inert_line(info.title or "this untitled session")
