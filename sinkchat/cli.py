@@ -219,6 +219,8 @@ def given_settings(args: argparse.Namespace) -> frozenset[str]:
         given.add("chat_template")
     if any(getattr(args, name) is not None for name in SAMPLING_ARGS):
         given.add("sampling")
+    if getattr(args, "max_tokens", None) is not None:
+        given.add("max_tokens")
     return frozenset(given)
 
 
@@ -254,7 +256,8 @@ def _run(args: argparse.Namespace) -> int:
         notice = getattr(chat.model, "gpu_notice", None)
         if notice and not (notice in chat.notes and sys.stdin.isatty()):  # line mode on a terminal shows notes
             print(f"sinkchat: {inert(notice)}", file=sys.stderr)
-        return run_plain(session, max_tokens=settings.chat.max_tokens)
+        limit = settings.chat.max_tokens if session.max_tokens is None else session.max_tokens or None
+        return run_plain(session, max_tokens=limit)
 
 
 def _sessions(args: argparse.Namespace) -> int:

@@ -30,6 +30,8 @@ class OpenPlan:
     notes: list[str] = field(default_factory=list)
     save: bool = True
     """False: a new chat that is never written to the sessions (``--no-save``)."""
+    max_tokens: int | None = None
+    """The configured reply limit (None: none); a resumed session's own choice wins unless given."""
 
 
 def library_for(settings: Settings) -> SessionLibrary:
@@ -58,7 +60,7 @@ def plan_open(
     options = settings.load_options()
     if resume is None:
         path = resolve_model_path(model) if model is not None else configured_model(settings)
-        return OpenPlan(path, options, save=save)
+        return OpenPlan(path, options, save=save, max_tokens=settings.chat.max_tokens)
     if not save:
         raise SinkchatError("--no-save starts a new chat that is not saved; it cannot be combined with --resume")
     sid = library.store.resolve(resume)
@@ -79,7 +81,7 @@ def plan_open(
         options["n_ctx"] = max(info.settings.n_ctx, 64)
     if "chat_template" not in given and info.settings.chat_template:
         options["chat_template"] = info.settings.chat_template
-    return OpenPlan(path, options, sid, notes)
+    return OpenPlan(path, options, sid, notes, max_tokens=settings.chat.max_tokens)
 
 
 def configured_model(settings: Settings) -> Path:
@@ -103,6 +105,8 @@ def open_session(chat: Chat, library: SessionLibrary, plan: OpenPlan, given: fro
         session.rebuild(plan.load_options.get("system_prompt"))
     if "sampling" in given:
         session.sampling = plan.load_options["sampling"]
+    if "max_tokens" in given:
+        session.remember_max_tokens(plan.max_tokens)
     notes = [*plan.notes, *([session.note] if session.note else [])]
     session.note = "; ".join(notes) or None
     return session

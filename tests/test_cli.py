@@ -526,3 +526,23 @@ def test_no_save_on_a_terminal_says_so_once_and_new_chats_stay_unsaved() -> None
     )
     assert "new chat (not saved)" in result.stderr and "(untitled) (not saved)" in result.stderr
     assert result.stdout.count("bot> ") == 2 and session_ids() == []
+
+
+@pytest.mark.slow
+def test_a_resumed_sessions_reply_limit_applies_unless_one_is_given(smollm2_path: Path, tmp_path: Path) -> None:
+    from sinkchat.settings import DATA_ENV
+    from sinkchat.store import SessionSettings, SessionStore
+
+    store = SessionStore(Path(os.environ[DATA_ENV]) / "sessions")
+    sid = store.create(model_path=str(smollm2_path), settings=SessionSettings(n_ctx=512, max_tokens=3)).id
+    _, reply = store.begin_exchange(sid, "Hello")
+    store.finish(reply, "Hi there.", "eos")
+    story = "Tell me a long story about a lighthouse.\n"
+    result = sinkchat("run", "--plain", "--resume", sid[:8], stdin=story)
+    assert result.returncode == 0, result.stderr
+    last = store.messages(sid)[-1]
+    assert last.finish == "length" and len(last.content.split()) <= 3  # the session's own limit of 3 tokens
+    result = sinkchat("run", "--plain", "--resume", sid[:8], "--max-tokens", "6", stdin=story)
+    assert result.returncode == 0, result.stderr
+    assert store.get(sid).settings.max_tokens == 6  # given on the command line: it wins, and is remembered
+    store.close()

@@ -206,7 +206,7 @@ def test_an_unreachable_hub_is_said_in_one_line_at_once(args: tuple[str, ...], t
     assert failed.returncode == 2 and not failed.stdout
     assert len(failed.stderr.splitlines()) == 1, failed.stderr
     assert "the Hub cannot be reached (connection refused); check the network" in failed.stderr
-    assert elapsed < 8, elapsed
+    assert elapsed < 12, elapsed  # before: 24 s of retries
 
 
 def test_a_hub_that_does_not_answer_the_connection_is_unreachable_within_the_connect_timeout(
@@ -239,7 +239,7 @@ def test_a_hub_that_does_not_answer_the_connection_is_unreachable_within_the_con
         elapsed = time.monotonic() - started
     assert said and isinstance(said[0], HubError), said
     assert "the Hub cannot be reached (no connection within 0.5 s)" in str(said[0])
-    assert elapsed < 3, elapsed
+    assert elapsed < 8, elapsed  # without a connect limit it waits for ever
 
 
 def test_the_library_writes_no_log_lines_of_its_own(hub) -> None:

@@ -159,15 +159,15 @@ async def test_keymap_from_settings_remaps_a_binding() -> None:
         assert ("Ctrl+T", "Regenerate", "chat.regenerate") in rows
 
 
-async def test_settings_problems_are_reported_and_defaults_used() -> None:
-    settings = Settings.model_validate({"ui": {"theme": "no-such-theme"}})  # [keys] problems stop start-up
-    app = make_app(settings=settings)
-    async with app.run_test() as pilot:
-        await ready(pilot)
-        messages = [n.message for n in app._notifications]
-        assert any("unknown theme 'no-such-theme'" in m for m in messages)
-        assert app.theme == "textual-dark"
-        await send(pilot, "still works")
+def test_an_unknown_theme_stops_start_up_in_one_line() -> None:
+    from sinkchat.settings import SettingsError
+
+    settings = Settings.model_validate({"ui": {"theme": "no-such-theme"}})
+    with pytest.raises(SettingsError) as raised:
+        make_app(settings=settings)
+    message = str(raised.value)
+    assert "[ui] theme = 'no-such-theme' is not a theme; available: " in message and "nord" in message
+    assert "\n" not in message
 
 
 async def test_model_output_is_never_markup_or_escape_sequences() -> None:

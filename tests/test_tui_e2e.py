@@ -114,11 +114,12 @@ def test_a_message_typed_during_a_re_read_is_sent_after_it(tmp_path: Path, smoll
         tmux("send-keys", "-t", "chat", "Enter")
         busy = tmux.wait_for(lambda s: "Wait: re-reading" in s or "message waits" in s, 15, "the message to wait")
         assert "still" not in busy, busy
-        done = tmux.wait_for(
-            lambda s: "Who are you?" in s.split("╭─ you")[-1] and "replying" not in s and "re-reading" not in s,
-            120,
-            "the waiting message to be answered",
-        )
+
+        def answered(screen: str) -> bool:  # a bubble with a reply under it, not the text still in the box
+            last = screen.split("╭─ you")[-1]
+            return "Who are you?" in last and "╭─ assistant" in last and "replying" not in screen
+
+        done = tmux.wait_for(lambda s: answered(s) and "re-reading" not in s, 120, "the waiting message to be answered")
         assert "error" not in done.split("Who are you?")[-1], done
         tmux("send-keys", "-t", "chat", "C-q")
         tmux.wait_for(lambda s: "pinned" not in s, 15, "sinkchat to quit")

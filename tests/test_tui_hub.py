@@ -260,7 +260,7 @@ async def test_quitting_during_a_download_asks_and_cancelling_removes_the_partia
         asked = time.monotonic()
         await wait_until(pilot, lambda: bool(exits), 10)
     (at, left), *_ = exits
-    assert at - asked < 2.0  # the transfer stopped at once, not at the end of the file
+    assert at - asked < 8.0  # the transfer (26 s in all) stopped at once, not at the end of the file
     assert not left and not partials(cache) and not list(cache.rglob("*.gguf"))  # removed before the app exited
 
 
@@ -438,6 +438,6 @@ async def test_an_unreachable_hub_is_said_at_once_when_listing_files(hub) -> Non
         asked = time.monotonic()
         status = screen.query_one("#hub-status", Static)
         await wait_until(pilot, lambda: "the Hub cannot be reached" in str(status.content), 20)
-        assert time.monotonic() - asked < 3  # not after the library's 23 s of retries
+        assert time.monotonic() - asked < 10  # not after the library's 23 s of retries
         assert not screen.query_one("#hub-files", DataTable).loading
     fake.start()  # the fixture stops it again

@@ -23,10 +23,16 @@ from tui.widgets.downloads import Downloads
 
 
 def check_keys(settings: Settings) -> None:
-    """Refuse a ``[keys]`` table that names unknown bindings or keys, or gives a key two jobs."""
-    problems = keys.check_keymap(settings.keys)
+    """Refuse a ``[keys]`` table that names unknown bindings or keys, or gives a key two jobs,
+    and a ``[ui] theme`` Textual does not have: like any other bad setting, one line before the app starts."""
+    from textual.theme import BUILTIN_THEMES
+
+    problems = [f"[keys] {p}" for p in keys.check_keymap(settings.keys)]
+    theme = settings.ui.theme
+    if theme and theme not in BUILTIN_THEMES:
+        problems.append(f"[ui] theme = {theme!r} is not a theme; available: {', '.join(sorted(BUILTIN_THEMES))}")
     if problems:
-        raise SettingsError(f"settings file {config_path()}: " + "; ".join(f"[keys] {p}" for p in problems))
+        raise SettingsError(f"settings file {config_path()}: " + "; ".join(problems))
 
 
 class SinkchatApp(App[None]):
