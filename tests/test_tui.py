@@ -275,40 +275,38 @@ async def test_a_model_that_fails_to_load_shows_why() -> None:
         assert "is truncated" in str(app.screen.query_one("#welcome Static").content)
 
 
-async def test_an_error_while_replying_is_a_notification_not_a_crash() -> None:
-    class Broken(FakeChat):
-        def send(self, text, *, max_tokens=None, stop=()):
-            raise RuntimeError("decode exploded")
-            yield ""
+class BrokenEarly(FakeChat):
+    """Fails before the model has read the message."""
 
-    app = SinkchatApp(Settings(), model_path=MODEL, chat_factory=lambda p, s: Broken())
+    def send(self, text, *, max_tokens=None, stop=()):
+        raise RuntimeError("decode exploded")
+        yield ""
+
+
+class BrokenLate(FakeChat):
+    """Fails mid-reply, after the message was read (and so saved)."""
+
+    def send(self, text, *, max_tokens=None, stop=()):
+        self.messages.append({"role": "user", "content": text})
+        yield "partial"
+        raise RuntimeError("decode exploded")
+
+
+@pytest.mark.parametrize("broken", [BrokenEarly, BrokenLate])
+async def test_an_error_while_replying_is_a_notification_not_a_crash(broken: type[FakeChat]) -> None:
+    app = SinkchatApp(Settings(), model_path=MODEL, chat_factory=lambda p, s: broken())
     async with app.run_test() as pilot:
         screen = await ready(pilot)
         await type_text(pilot, "x")
         await pilot.press("enter")
         await wait_until(pilot, lambda: any("decode exploded" in n.message for n in app._notifications))
         await wait_until(pilot, lambda: not screen.replying)
-        # nothing was read, so nothing is shown as sent: the message is back in the composer
-        assert not screen.query(AssistantMessage) and not screen.query(UserMessage)
-        assert screen.query_one(Composer).text == "x"
         assert isinstance(app.screen, ChatScreen)  # still chatting
-
-
-async def test_an_error_after_the_message_was_read_keeps_it_marked() -> None:
-    class BrokenLate(FakeChat):
-        def send(self, text, *, max_tokens=None, stop=()):
-            self.messages.append({"role": "user", "content": text})
-            yield "partial"
-            raise RuntimeError("decode exploded")
-
-    app = SinkchatApp(Settings(), model_path=MODEL, chat_factory=lambda p, s: BrokenLate())
-    async with app.run_test() as pilot:
-        screen = await ready(pilot)
-        await type_text(pilot, "x")
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: any("decode exploded" in n.message for n in app._notifications))
-        await wait_until(pilot, lambda: not screen.replying)
-        assert screen.query_one(AssistantMessage).border_subtitle == "error"
+        if broken is BrokenEarly:  # nothing was read, so nothing is shown as sent: the text is back in the box
+            assert not screen.query(AssistantMessage) and not screen.query(UserMessage)
+            assert screen.query_one(Composer).text == "x"
+        else:  # the message was read: it stays, and the reply says it failed
+            assert screen.query_one(AssistantMessage).border_subtitle == "error"
 
 
 @pytest.mark.slow
