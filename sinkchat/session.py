@@ -524,16 +524,10 @@ class Session:
         if reply_id is None:
             raise SinkchatError("the saved session has no reply to regenerate")
         if not self._saving(store.restart_reply, reply_id):
-            yield from rest_unsaved(first, stream)
+            yield from _prepend(first, stream)
             return
-
-        def rest() -> Iterator[str]:
-            if first is not None:
-                yield first
-            yield from stream
-
         try:
-            yield from self._checkpointed(rest(), reply_id)
+            yield from self._checkpointed(_prepend(first, stream), reply_id)
         finally:
             stream.close()
             self._finish(reply_id)
@@ -696,7 +690,7 @@ def as_exchanges(stored: Sequence[StoredMessage]) -> list[dict[str, str]]:
     return out
 
 
-def rest_unsaved(first: str | None, stream: Iterator[str]) -> Iterator[str]:
+def _prepend(first: str | None, stream: Iterator[str]) -> Iterator[str]:
     """A reply whose first piece was already taken from its stream."""
     if first is not None:
         yield first

@@ -216,11 +216,28 @@ def test_a_sound_log_left_by_a_killed_process_is_not_called_damaged(tmp_path: Pa
 
 
 def test_the_log_of_a_live_process_is_left_alone(tmp_path: Path) -> None:
+    """Another process sees the owner's lock on the ``-shm`` index, so it never judges a log being written."""
+    code = (
+        "import sys, pathlib; from sinkchat.store.database import _in_use; "
+        "print(_in_use(pathlib.Path(sys.argv[1]) / 'sessions.db-shm'))"
+    )
+
+    def seen_in_use() -> str:
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
     owner = SessionStore(tmp_path)
     fill(owner, 1, 1)
-    code = "import sys, pathlib; from sinkchat.store import SessionStore; print(SessionStore(pathlib.Path(sys.argv[1])).recovery)"
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
-    assert out.stdout.strip() == "None", out.stderr
+    assert (tmp_path / f"{DB_NAME}-shm").is_file()
+    assert seen_in_use() == "True"
+    killed_writer(tmp_path / "other", "mid-reply")  # a dead owner's index: nobody holds it
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "other")], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+        == "False"
+    )
     owner.close()
 
 

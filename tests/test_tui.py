@@ -52,6 +52,11 @@ async def ready(pilot: Pilot) -> ChatScreen:
     return screen
 
 
+def rendered_segments(app: SinkchatApp) -> list[str]:
+    """The screen's text as Textual renders it for the terminal, run by run (from its SVG export)."""
+    return [html.unescape(t) for t in re.findall(r">([^<]*)</text>", app.export_screenshot())]
+
+
 async def type_text(pilot: Pilot, text: str) -> None:
     await pilot.press(*[{" ": "space", "\n": "ctrl+j"}.get(ch, ch) for ch in text])
 
@@ -185,8 +190,7 @@ async def test_model_output_is_never_markup_or_escape_sequences() -> None:
         user = screen.query_one(UserMessage)
         assert "[bold]me[/bold] ␛[31m" in str(user.content)
         # and what reaches the terminal: the screen as Textual renders it, segment by segment
-        texts = re.findall(r">([^<]*)</text>", pilot.app.export_screenshot())
-        rendered = [html.unescape(t).replace("\xa0", " ") for t in texts]
+        rendered = [t.replace("\xa0", " ") for t in rendered_segments(pilot.app)]
         assert not any("\x1b" in t or "\x07" in t for t in rendered)
         assert "[bold red]x[/] [link=file:///etc/passwd]click[/link] ␛[2J␛]0;pwned␇" in rendered
         assert "[bold]me[/bold] ␛[31m" in rendered

@@ -9,7 +9,7 @@ from textual.widgets import DataTable, Input
 
 from sinkchat.settings import Settings
 from tests.fake_chat import FakeFactory, FakeSessions
-from tests.test_tui import MODEL, ready, send, type_text, wait_until
+from tests.test_tui import MODEL, ready, rendered_segments, send, type_text, wait_until
 from tui.app import SinkchatApp
 from tui.screens.chat import ChatScreen
 from tui.screens.sessions import ConfirmScreen, RenameScreen, SessionsScreen, ago
@@ -178,11 +178,8 @@ def test_ago() -> None:
 
 
 async def test_stored_fields_reach_the_screen_inert(tmp_path: Path) -> None:
-    import html
-    import re
-
     def shown() -> str:
-        return "".join(html.unescape(t) for t in re.findall(r">([^<]*)</text>", pilot.app.export_screenshot()))
+        return "".join(rendered_segments(pilot.app))
 
     sessions = FakeSessions(tmp_path)
     sid = saved(sessions, ("hi", "ho"))
