@@ -71,6 +71,8 @@ class LlamaContext(NativeHandle):
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
         self.n_batch = options.n_batch
+        self.decoded = 0
+        """Tokens evaluated by :meth:`decode` so far: what a request really cost, whatever path it took."""
         self.n_threads = threads
         self.n_swa = int(llama_cpp.llama_model_n_swa(model.ptr))
         """The sliding window of the model's SWA layers (0: none)."""
@@ -103,6 +105,7 @@ class LlamaContext(NativeHandle):
                 problems = llama_log.recent_problems(2)
                 detail = f": {' '.join(problems[-1].split())}" if problems else ""  # one line
                 raise DecodeError(f"llama_decode failed with code {rc} at position {start + offset}{detail}")
+            self.decoded += len(chunk)
 
     def logits(self, index: int = -1) -> np.ndarray:
         """A copy of the output logits of the ``index``-th output of the last batch (-1: last)."""

@@ -80,9 +80,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     speed.add_argument("-n", "--tokens", type=positive_int, default=256, help="tokens per decode run")
     speed.add_argument("--repeats", type=positive_int, default=5)
 
+    serve = bsub.add_parser(
+        "serve",
+        help="one long conversation over the OpenAI API: sinkchat serve vs llama-cpp-python's server",
+        description="The same scripted conversation through the openai client against sinkchat serve and "
+        "python -m llama_cpp.server (needs the serve and bench extras), turns alternating between them. "
+        "Reports the time to first token per turn and the turn where each refuses or re-reads the history.",
+    )
+    common(serve, "serve")
+    serve.add_argument("-c", "--n-ctx", type=positive_int, default=1024)
+    serve.add_argument("-n", "--turns", type=positive_int, default=60)
+    serve.add_argument("--max-tokens", type=positive_int, default=64, help="reply limit per turn")
+
 
 def run(args: argparse.Namespace) -> int:
-    handler = {"ppl": _ppl, "endless": _endless, "chat": _chat, "speed": _speed}[args.bench]
+    handler = {"ppl": _ppl, "endless": _endless, "chat": _chat, "speed": _speed, "serve": _serve}[args.bench]
     return handler(args)
 
 
@@ -241,3 +253,36 @@ def _speed(args: argparse.Namespace) -> int:
     _print_table([decode], DECODE_COLUMNS)
     _print_table(shifts, SHIFT_COLUMNS)
     return finish(out, "speed", write_results(decode, shifts, out), config, model=model.name)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sinkchat.bench.report import output_dir, write_json
+    from sinkchat.bench.serve_bench import (
+        COLUMNS,
+        ServeBenchConfig,
+        config_json,
+        run_serve_bench,
+        summarize,
+        write_results,
+    )
+    from sinkchat.chat import resolve_model_path
+    from sinkchat.errors import SinkchatError
+
+    for module, extra in (("uvicorn", "serve"), ("openai", "serve"), ("llama_cpp.server", "bench")):
+        try:
+            __import__(module)
+        except ImportError:
+            raise SinkchatError(
+                f"bench serve needs {module} (the {extra} extra): pip install 'sinkchat[serve,bench]'"
+            ) from None
+    config = ServeBenchConfig(turns=args.turns, n_ctx=args.n_ctx, max_tokens=args.max_tokens, **threads_option(args))
+    model = resolve_model_path(args.model)
+    out = output_dir(args.out)
+    print(f"{model.name} · {config.turns} turns · n_ctx {config.n_ctx} · {config.threads} threads · both servers")
+    results = run_serve_bench(model, config, progress=not args.quiet)
+    _print_table(summarize(results), COLUMNS)
+    files = write_results(results, out)
+    files["config"] = write_json(out / "serve_config.json", config_json(config, model))
+    written = ", ".join(p.name for p in files.values() if p is not None)
+    print(f"\nwritten to {out}: {written}")
+    return 0

@@ -64,6 +64,8 @@ class ReplyInfo:
     prompt_tokens: int
     seconds: float
     prompt_seconds: float
+    n_context: int = 0
+    """Tokens in the cache when the reply began: the whole prompt as the model saw it."""
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -155,6 +157,8 @@ class Chat:
         """(start time, tokens so far) of the reply being generated, for a live tok/s."""
         self.messages: list[Message] = []
         self.system_prompt: str | None = None
+        self.rebuilds = 0
+        """How many times the cache was refilled from the messages (a server reports it per request)."""
         self.reset(system_prompt)
 
     @classmethod
@@ -223,10 +227,15 @@ class Chat:
 
     # -- state ---------------------------------------------------------------------------
 
-    def reset(self, system_prompt: str | None = None) -> None:
-        """Start a new conversation (optionally with another system prompt) in the same cache."""
+    def reset(self, system_prompt: str | None = None, *, raw: bool = False, read: bool = True) -> None:
+        """Start a new conversation (optionally with another system prompt) in the same cache.
+
+        ``raw``: an empty cache for :meth:`generate`, without the template's opening (the
+        first sink tokens of the text are pinned).  ``read=False`` lays out the opening
+        without evaluating it, for :meth:`restore`, which loads it with the rest.
+        """
         with self._exclusive("starting a new chat"):
-            keep, fmt = self.sinks.keep_system_prompt, self.format
+            keep, fmt = self.sinks.keep_system_prompt, None if raw else self.format
             opening = fmt.opening(system_prompt, pin_system=keep) if fmt else None
             spans, folds = (list(opening.spans), opening.folds) if opening else ([], False)
             tokens = self._span_tokens(spans, first=True)
@@ -260,7 +269,7 @@ class Chat:
             """The pins end with the first user turn's opening (and the folded system prompt)."""
             self._system_in_first_turn = bool(system_prompt and self.format and self.format.folds_system and not keep)
             """The folded system prompt is not pinned: it goes into the chat's first user turn."""
-            if tokens:
+            if tokens and read:
                 self.engine.feed(tokens, "system", 0, pin=pin, logits=False)
             self.system_prompt = system_prompt
             self.messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
@@ -311,6 +320,12 @@ class Chat:
     @property
     def busy(self) -> bool:
         return self._lock.locked()
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens of the reply being generated so far (0 between replies)."""
+        live = self._live
+        return live[1] if live else 0
 
     # -- chatting ------------------------------------------------------------------------
 
@@ -391,12 +406,26 @@ class Chat:
         free for the next turn.  Returns how many exchanges are cached.
         """
         history = [m for m in self.messages if m["role"] != "system"]
-        old = self.engine
-        self.reset(self.system_prompt if system_prompt is KEEP else system_prompt)  # type: ignore[arg-type]
+        system = self.system_prompt if system_prompt is KEEP else system_prompt
+        return self._refill(history, system, self.engine)  # type: ignore[arg-type]
+
+    def load_history(self, messages: Sequence[Message], system_prompt: str | None = None) -> int:
+        """Replace the conversation with saved ``messages`` (user/assistant pairs) and rebuild the cache.
+
+        Returns how many exchanges are cached (the newest that fit).
+        """
+        self._check_pairs(messages)
+        return self._refill([{"role": m["role"], "content": m["content"]} for m in messages], system_prompt, None)
+
+    def _refill(self, history: list[Message], system_prompt: str | None, counters: SinkEngine | None) -> int:
+        """The cache holds the pins and the newest exchanges of ``history`` that fit; ``counters`` carry on."""
+        self.reset(system_prompt)
         with self._exclusive("re-reading the history"):
+            self.rebuilds += 1
             engine = self.engine  # the counters belong to the conversation, not to this cache refill
-            engine.shifts, engine.evicted_tokens = old.shifts, old.evicted_tokens
-            engine.fallbacks, engine.reread_tokens = old.fallbacks, old.reread_tokens
+            if counters is not None:
+                engine.shifts, engine.evicted_tokens = counters.shifts, counters.evicted_tokens
+                engine.fallbacks, engine.reread_tokens = counters.fallbacks, counters.reread_tokens
             base = list(self.messages)
             pairs = [(history[i]["content"], history[i + 1]["content"]) for i in range(0, len(history) - 1, 2)]
             # Newest first, only as far back as fits: a days-long history is not tokenized whole.
@@ -412,16 +441,6 @@ class Chat:
             self.messages = base + history
             self._group = len(pairs)
             return len(pairs) - first
-
-    def load_history(self, messages: Sequence[Message], system_prompt: str | None = None) -> int:
-        """Replace the conversation with saved ``messages`` (user/assistant pairs) and rebuild the cache.
-
-        Returns how many exchanges are cached (the newest that fit).
-        """
-        self.reset(system_prompt)
-        self._check_pairs(messages)
-        self.messages = list(self.messages) + [{"role": m["role"], "content": m["content"]} for m in messages]
-        return self.rebuild()
 
     def capture(self) -> tuple[CacheState, bytes]:
         """The cache's bookkeeping and KV bytes, for a snapshot (see :meth:`restore`)."""
@@ -454,7 +473,7 @@ class Chat:
         not fit this context; the chat is then empty, and :meth:`load_history` rebuilds.
         """
         self._check_pairs(messages)
-        self.reset(system_prompt)
+        self.reset(system_prompt, read=False)
         with self._exclusive("restoring the cache"):
             layout = CacheLayout(capacity=self.n_ctx, pin_target=state.pin_target, n_pinned=state.n_pinned)
             layout.segments = [Segment(s.role, s.group, s.n_tokens, s.cut, s.opener) for s in state.segments]
@@ -654,7 +673,7 @@ class Chat:
         sampler = Sampler(self.sampling, self.model.n_vocab)
         joiner, stops = Utf8Joiner(), StopMatcher(stop)
         finish: FinishReason = "length"
-        n = 0
+        n, n_context = 0, self.engine.n_cached
         started = time.perf_counter()
         try:
             while max_tokens is None or n < max_tokens:
@@ -687,7 +706,9 @@ class Chat:
         finally:
             sampler.close()
             self._live = None
-            self.last_reply = ReplyInfo(finish, n, prompt_tokens, time.perf_counter() - started, prompt_seconds)
+            self.last_reply = ReplyInfo(
+                finish, n, prompt_tokens, time.perf_counter() - started, prompt_seconds, n_context
+            )
 
     def _tokenize(self, text: str, *, first: bool = False, literal: bool = False) -> list[int]:
         """Template text to tokens; BOS is added only at the very start, and only if the template did not.

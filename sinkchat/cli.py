@@ -34,6 +34,45 @@ def _count(value: str) -> int:
     return number
 
 
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The model, cache and sampling options ``run`` and ``serve`` share."""
+    parser.add_argument("-s", "--system", metavar="TEXT", help="system prompt")
+    parser.add_argument(
+        "--chat-template",
+        metavar="NAME|FILE",
+        help="chat template to use instead of the model's own (a Jinja file, or a name: sinkchat models templates)",
+    )
+    parser.add_argument("-c", "--n-ctx", type=int, metavar="N", help="KV-cache size in tokens (default 4096)")
+    parser.add_argument("--sink-tokens", type=int, metavar="N", help="attention-sink tokens kept (default 4)")
+    parser.add_argument(
+        "--no-keep-system-prompt",
+        dest="keep_system_prompt",
+        action="store_const",
+        const=False,
+        help="pin only the sink tokens; the system prompt is evicted like an old turn",
+    )
+    parser.add_argument("--discard", type=int, metavar="N", help="tokens a shift aims to free (default: window/4)")
+    parser.add_argument("--max-tokens", type=_count, metavar="N", help="reply limit, 0 = none (default 1024)")
+    parser.add_argument(
+        "-ngl",
+        "--n-gpu-layers",
+        type=int,
+        metavar="N",
+        help="layers on the GPU: -1 all, 0 none (default: all on a GPU build)",
+    )
+    parser.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: physical cores)")
+    parser.add_argument("--flash-attn", choices=["auto", "on", "off"])
+    parser.add_argument("--cache-type-k", metavar="TYPE", help="K cache type: f16 (default), q8_0, ...")
+    parser.add_argument("--cache-type-v", metavar="TYPE", help="V cache type: f16 (default), q8_0, ...")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--min-p", type=float)
+    parser.add_argument("--repeat-penalty", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sinkchat",
@@ -70,41 +109,43 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not save this chat: nothing is written to the saved sessions",
     )
-    run.add_argument("-s", "--system", metavar="TEXT", help="system prompt")
-    run.add_argument(
-        "--chat-template",
-        metavar="NAME|FILE",
-        help="chat template to use instead of the model's own (a Jinja file, or a name: sinkchat models templates)",
+    add_model_options(run)
+
+    serve = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible API on this machine (needs the serve extra)",
+        description="Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, "
+        "/v1/models, /health). Conversations are recognised from the messages a client sends, so only new "
+        "messages are read, and they are saved as sessions (sinkchat sessions list; sinkchat run --resume ID).",
     )
-    run.add_argument("-c", "--n-ctx", type=int, metavar="N", help="KV-cache size in tokens (default 4096)")
-    run.add_argument("--sink-tokens", type=int, metavar="N", help="attention-sink tokens kept (default 4)")
-    run.add_argument(
-        "--no-keep-system-prompt",
-        dest="keep_system_prompt",
-        action="store_const",
-        const=False,
-        help="pin only the sink tokens; the system prompt is evicted like an old turn",
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
-    run.add_argument("--discard", type=int, metavar="N", help="tokens a shift aims to free (default: window/4)")
-    run.add_argument("--max-tokens", type=_count, metavar="N", help="reply limit, 0 = none (default 1024)")
-    run.add_argument(
-        "-ngl",
-        "--n-gpu-layers",
+    serve.add_argument("-p", "--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("SINKCHAT_API_KEY") or None,
+        help="require 'Authorization: Bearer KEY' on every request (default: $SINKCHAT_API_KEY, else none)",
+    )
+    serve.add_argument(
+        "--max-conversations",
         type=int,
+        default=4,
         metavar="N",
-        help="layers on the GPU: -1 all, 0 none (default: all on a GPU build)",
+        help="conversations whose caches stay in memory; others come back from their snapshot files (default 4)",
     )
-    run.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: physical cores)")
-    run.add_argument("--flash-attn", choices=["auto", "on", "off"])
-    run.add_argument("--cache-type-k", metavar="TYPE", help="K cache type: f16 (default), q8_0, ...")
-    run.add_argument("--cache-type-v", metavar="TYPE", help="V cache type: f16 (default), q8_0, ...")
-    run.add_argument("--temperature", type=float)
-    run.add_argument("--top-k", type=int)
-    run.add_argument("--top-p", type=float)
-    run.add_argument("--min-p", type=float)
-    run.add_argument("--repeat-penalty", type=float)
-    run.add_argument("--seed", type=int)
-    run.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
+    serve.add_argument(
+        "--max-queue", type=int, default=32, metavar="N", help="requests that may wait for the model (default 32)"
+    )
+    serve.add_argument(
+        "-m",
+        "--model",
+        metavar="PATH",
+        type=Path,
+        help="GGUF model file (default: settings, else the embedded SmolLM2)",
+    )
+    add_model_options(serve)
 
     sessions = sub.add_parser(
         "sessions",
@@ -278,6 +319,8 @@ def _sessions(args: argparse.Namespace) -> int:
             when = info.updated_at.astimezone().strftime("%Y-%m-%d %H:%M")
             flag = "*" if library.is_open(info.id) else " "
             title = inert_line(info.title or "(untitled)")
+            if info.settings.origin == "api":
+                title = f"[api] {title}"
             model = inert_line(info.model_name, 28)
             print(f"{info.short_id}{flag} {when}  {info.n_messages:>4} msgs  {model:<28}  {title}")
         damaged = [info.short_id for info in rows if info.damaged_text]
@@ -436,6 +479,10 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "serve":
+            from sinkchat.serve.command import serve
+
+            return serve(args)
         if args.command == "models":
             from sinkchat import models_cli
 

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,18 +45,53 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 0.25
 """How often a streaming reply is written to the database."""
+DETACHED = "no saved session is open"
 
 
 class SessionLibrary:
     """The saved sessions in one folder: ``sessions.db``, ``snapshots/*.kv``, ``locks/*.lock``."""
 
-    def __init__(self, folder: Path, *, max_snapshots: int = 32, max_snapshot_bytes: int = 8 << 30) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        max_snapshots: int = 32,
+        max_snapshot_bytes: int = 8 << 30,
+        snapshots_in_memory: int = 0,
+    ) -> None:
         self.folder = folder
         self.store = SessionStore(folder)
         self.snapshots = folder / "snapshots"
         self.locks = folder / "locks"
         self.max_snapshots = max_snapshots
         self.max_snapshot_bytes = max_snapshot_bytes
+        self.snapshots_in_memory = snapshots_in_memory
+        """How many of the newest snapshots are also kept in RAM: switching between them reads no file
+        (``sinkchat serve --max-conversations``)."""
+        self._recent: OrderedDict[str, tuple[SnapshotHeader, bytes]] = OrderedDict()
+        self._recent_lock = threading.Lock()
+
+    def remember(self, session_id: str, header: SnapshotHeader, kv: bytes) -> None:
+        """Keep a session's newest snapshot in memory too (the least recently used one goes)."""
+        if self.snapshots_in_memory <= 0:
+            return
+        with self._recent_lock:
+            self._recent[session_id] = (header, kv)
+            self._recent.move_to_end(session_id)
+            while len(self._recent) > self.snapshots_in_memory:
+                self._recent.popitem(last=False)
+
+    def recall(self, session_id: str) -> tuple[SnapshotHeader, bytes] | None:
+        """The snapshot kept in memory for a session, if any."""
+        with self._recent_lock:
+            found = self._recent.get(session_id)
+            if found is not None:
+                self._recent.move_to_end(session_id)
+            return found
+
+    def forget(self, session_id: str) -> None:
+        with self._recent_lock:
+            self._recent.pop(session_id, None)
 
     def snapshot_path(self, session_id: str) -> Path:
         return self.snapshots / f"{session_id}{SUFFIX}"
@@ -75,6 +111,7 @@ class SessionLibrary:
         with self.lock(session_id):
             self.store.delete(session_id)
             self.snapshot_path(session_id).unlink(missing_ok=True)
+            self.forget(session_id)
         (self.locks / f"{session_id}.lock").unlink(missing_ok=True)
 
     def export(self, session_id: str, fmt: str) -> str:
@@ -101,7 +138,7 @@ class SessionLibrary:
             updated_at=doc.updated_at,
         )
         messages = [StoredMessage(**m.model_dump()) for m in doc.messages]
-        self.store.add_messages(info.id, messages)
+        self.store.add_messages(info.id, messages, touch=False)
         if doc.title and not doc.title_custom:
             with self.store._tx() as db:  # the derived title comes along as it was
                 db.execute("UPDATE sessions SET title = ? WHERE id = ?", (doc.title, info.id))
@@ -256,8 +293,11 @@ class Session:
         """False: new chats are unsaved on purpose (``Session.new(save=False)``, ``--no-save``)."""
         self._default_save = True
         self._unsaved_why = "--no-save"
+        self._origin: str | None = info.settings.origin
         self.max_tokens: int | None = info.settings.max_tokens
         """The reply limit chosen for this session (0: no limit; None: never chosen)."""
+        self.restored_from: str | None = None
+        """Where the last open found its cache: "memory", "snapshot", or None (rebuilt, or nothing to restore)."""
 
     # -- opening ------------------------------------------------------------------------
 
@@ -273,15 +313,70 @@ class Session:
         session._open_new()
         return session
 
+    @classmethod
+    def detached(cls, chat: Chat, library: SessionLibrary) -> Session:
+        """A session object bound to no saved session yet: a server opens, starts and switches them later."""
+        session = cls(chat, library, _blank_info(chat), None)
+        session.unsaved = DETACHED
+        return session
+
+    def detach(self) -> None:
+        """Give up the open session (it stays saved as it is) and leave the chat empty, bound to nothing."""
+        self._writer.flush()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if not self.unsaved:
+            self._forget_if_empty(self.id)
+        self.chat.reset(None, raw=True)
+        self.info, self.unsaved, self.note, self.resume_tokens, self.save_error = (
+            _blank_info(self.chat),
+            DETACHED,
+            None,
+            0,
+            None,
+        )
+        self.restored_from = None
+
+    def start(
+        self, system_prompt: str | None, messages: Sequence[dict[str, str]] = (), *, origin: str | None = None
+    ) -> int:
+        """A new saved session that begins with ``messages`` (finished exchanges, e.g. an API client's history).
+
+        The cache holds the system prompt and the newest exchanges that fit; all of them
+        are saved.  Returns how many exchanges are cached.
+        """
+        self._save = self._default_save
+        self._origin = origin
+        if messages:
+            kept = self.chat.load_history(messages, system_prompt)
+        else:
+            self.chat.reset(system_prompt)
+            kept = 0
+        self._switch_to(None)
+        if messages and not self.unsaved:
+            stored = [StoredMessage(role=m["role"], content=m["content"]) for m in messages]  # type: ignore[arg-type]
+            if self._saving(self.library.store.add_messages, self.id, stored):
+                self.info = self.library.store.get(self.id)
+                self.save_snapshot()
+        return kept
+
+    def append_history(self, messages: Sequence[dict[str, str]]) -> None:
+        """Add finished exchanges after the last one (only they are read) and save them."""
+        self.chat.append_history(messages)
+        if not self.unsaved:
+            stored = [StoredMessage(role=m["role"], content=m["content"]) for m in messages]  # type: ignore[arg-type]
+            if self._saving(self.library.store.add_messages, self.id, stored):
+                self.save_snapshot()
+
     def _open_new(self) -> None:
         if not self._save:
             self._go_unsaved(self._unsaved_why)
             return
         store, chat = self.library.store, self.chat
         try:
-            info = store.create(
-                model_path=str(chat.model.path), system_prompt=chat.system_prompt, settings=self._settings()
-            )
+            settings = self._settings().model_copy(update={"origin": self._origin})
+            info = store.create(model_path=str(chat.model.path), system_prompt=chat.system_prompt, settings=settings)
         except StoreError as exc:
             self._go_unsaved(exc)
             return
@@ -340,6 +435,7 @@ class Session:
         if interrupted > 1:
             notes.append(f"{interrupted} replies were interrupted when sinkchat stopped")
         started = time.perf_counter()
+        self.restored_from = None
         why = self._try_snapshot(messages, system_prompt)
         if why is None:
             log.info("resumed %s from its snapshot (%d tokens read)", sid, self.resume_tokens)
@@ -363,12 +459,24 @@ class Session:
             self.library.prune_snapshots(keep=sid)
 
     def _try_snapshot(self, messages: list[dict[str, str]], system_prompt: str | None) -> str | None:
-        """Restore from the snapshot; None on success, else why it could not be used."""
+        """Restore from the snapshot (the one kept in memory first); None on success, else why it could not be used."""
+        recalled = self.library.recall(self.info.id)
+        if recalled is not None and self._restore(*recalled, messages, system_prompt) is None:
+            self.restored_from = "memory"
+            return None
         path = self.library.snapshot_path(self.info.id)
         try:
             header, kv = read_snapshot(path)
         except SnapshotError as exc:
             return str(exc) if path.exists() else "no snapshot"
+        why = self._restore(header, kv, messages, system_prompt)
+        if why is None:
+            self.restored_from = "snapshot"
+        return why
+
+    def _restore(
+        self, header: SnapshotHeader, kv: bytes, messages: list[dict[str, str]], system_prompt: str | None
+    ) -> str | None:
         differences = header.fingerprint.differences(self.fingerprint())
         if differences:
             return "the snapshot was made for " + ", ".join(differences)
@@ -454,7 +562,7 @@ class Session:
             self._saving(self.library.store.update, self.id, settings=self._settings())
 
     def _settings(self) -> SessionSettings:
-        return _settings_of(self.chat).model_copy(update={"max_tokens": self.max_tokens})
+        return _settings_of(self.chat).model_copy(update={"max_tokens": self.max_tokens, "origin": self._origin})
 
     @property
     def stats(self) -> ChatStats:
@@ -584,6 +692,7 @@ class Session:
             kv_bytes=0,
             kv_crc32=0,
         )
+        self.library.remember(self.id, header, kv)
         self._writer.submit(self.library.snapshot_path(self.id), header, kv)
 
     def reset(self, system_prompt: str | None = None, *, save: bool | None = None) -> None:
@@ -631,7 +740,7 @@ class Session:
             self._open_new()
         else:
             self._lock, self.info = new_lock, store.get(session_id)
-            self.max_tokens = self.info.settings.max_tokens
+            self.max_tokens, self._origin = self.info.settings.max_tokens, self.info.settings.origin
             self._load()
 
     def delete_current(self) -> None:

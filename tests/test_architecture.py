@@ -30,10 +30,11 @@ def test_layers_import_only_downward(package: str) -> None:
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
-def test_core_import_loads_neither_textual_nor_llama_cpp() -> None:
+def test_core_import_loads_neither_textual_nor_llama_cpp_nor_the_http_stack() -> None:
+    """The server's logic (matching, pool) needs no HTTP stack; only serve.app and serve.server load it."""
     code = (
-        "import sys, sinkchat.chat, sinkchat.cli, sinkchat.plain\n"
-        "bad = sorted(m for m in ('textual', 'tui', 'llama_cpp') if m in sys.modules)\n"
+        "import sys, sinkchat.chat, sinkchat.cli, sinkchat.plain, sinkchat.serve.pool, sinkchat.serve.matching\n"
+        "bad = sorted(m for m in ('textual', 'tui', 'llama_cpp', 'starlette', 'uvicorn') if m in sys.modules)\n"
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

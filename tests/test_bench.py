@@ -284,3 +284,40 @@ def test_bench_speed_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
     # Re-prefilling 192 kept tokens costs far more than shifting them.
     assert float(shift["reprefill_over_shift"]) > 2
     _png(out / "speed.png")
+
+
+def test_bench_serve_summary_and_csv_round_trip(tmp_path: Path) -> None:
+    from sinkchat.bench.serve_bench import TurnResult, read_results, summarize, write_results
+
+    def row(server: str, turn: int, ttft: float | None, status: str = "ok", rereads: bool = False) -> TurnResult:
+        return TurnResult(
+            server, turn, ttft, 1.0, 100, 10, 5 if server == "sinkchat" else None, turn - 1, 0, status, rereads
+        )
+
+    results = [row("sinkchat", t, 0.1) for t in range(1, 13)]
+    results += [row("llama_cpp.server", t, 0.1) for t in range(1, 5)]
+    results += [row("llama_cpp.server", t, round(0.5 + t / 100, 3), "trimmed", True) for t in range(5, 13)]
+    by = {r["server"]: r for r in summarize(results)}
+    assert by["sinkchat"]["first_failure"] is None and by["sinkchat"]["first_reread"] is None
+    assert by["llama_cpp.server"]["first_failure"] == 5 and by["llama_cpp.server"]["first_reread"] == 5
+    assert by["llama_cpp.server"]["ttft_late_ms"] == pytest.approx(500 + 7.5 * 10, rel=1e-6)
+    assert by["sinkchat"]["ttft_early_ms"] == pytest.approx(100)
+    files = write_results(results, tmp_path)
+    assert read_results(files["turns"]) == results
+    _png(tmp_path / "serve.png")
+
+
+@pytest.mark.slow
+def test_bench_serve_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
+    """Both servers for real, at a size where llama-cpp-python's server runs out of context within 8 turns."""
+    out = tmp_path / "serve"
+    assert _bench("serve", smollm2_path, out, "-c 256 -n 8 --max-tokens 48") == 0
+    summary = {r["server"]: r for r in read_csv(out / "serve_summary.csv")}
+    assert summary["sinkchat"]["turns_ok"] == "8"
+    assert summary["sinkchat"]["first_failure"] == "" and summary["sinkchat"]["first_reread"] == ""
+    refused = summary["llama_cpp.server"]["first_failure"]
+    assert refused and int(refused) <= 8, "the baseline refuses a history longer than its context"
+    turns = [r for r in read_csv(out / "serve_turns.csv") if r["server"] == "sinkchat"]
+    assert all(r["status"] == "ok" and r["rereads"] == "False" for r in turns)
+    assert max(int(r["evaluated_tokens"]) for r in turns[1:]) < 100, "sinkchat reads only the new message"
+    _png(out / "serve.png")

@@ -546,3 +546,17 @@ def test_a_resumed_sessions_reply_limit_applies_unless_one_is_given(smollm2_path
     assert result.returncode == 0, result.stderr
     assert store.get(sid).settings.max_tokens == 6  # given on the command line: it wins, and is remembered
     store.close()
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_any_loading(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from sinkchat.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--model", "/nonexistent.gguf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"sinkchat: error: cannot listen on 127.0.0.1:{port}: the port is in use (another server runs there?)"

@@ -128,8 +128,10 @@ from sinkchat.chat import Chat
 from sinkchat.session import Session, SessionLibrary
 
 mode = sys.argv[1]
-session = Session.new(Chat.load(default_model_path(), n_ctx=512), SessionLibrary(Path(sys.argv[2])))
-for _ in session.send("Say hello.", max_tokens=12):
+# A seeded sampler and a question with a long answer: the regenerated reply reaches 9 pieces every time.
+chat = Chat.load(default_model_path(), n_ctx=512, sampling={"seed": 7})
+session = Session.new(chat, SessionLibrary(Path(sys.argv[2])))
+for _ in session.send("Say hello, then tell me about lighthouses.", max_tokens=12):
     pass
 if mode == "regenerate":
     stream = session.regenerate(max_tokens=400)
@@ -160,11 +162,13 @@ def test_killed_during_regenerate_or_after_reset(mode: str) -> None:
         store.close()
     if mode == "regenerate":
         (history,) = saved
-        assert [m.role for m in history] == ["user", "assistant"] and history[0].content == "Say hello."
+        assert [m.role for m in history] == ["user", "assistant"]
+        assert history[0].content == "Say hello, then tell me about lighthouses."
         assert history[1].status == "streaming"  # until the next owner marks it interrupted
     else:
         first, second = saved
-        assert [m.content for m in first][:1] == ["Say hello."] and first[1].status == "complete"
+        assert [m.content for m in first][:1] == ["Say hello, then tell me about lighthouses."]
+        assert first[1].status == "complete"
         assert (
             second[0].content == "Tell a long story about a lighthouse."
             and sessions[1].system_prompt == "You are terse."

@@ -73,6 +73,8 @@ class SessionSettings(BaseModel):
     """The ``--chat-template`` it was chatting with (None: the model's own)."""
     max_tokens: int | None = None
     """The reply limit chosen for it (0: no limit; None: never chosen, the configured one applies)."""
+    origin: str | None = None
+    """Where it was started when not in a chat window: "api" for ``sinkchat serve``."""
 
 
 class SessionInfo(BaseModel):
@@ -436,6 +438,17 @@ class SessionStore:
             raise StoreError(f"no session {session_id}")
         return self._info(rows[0])
 
+    def stamps(self) -> dict[str, float]:
+        """Every session's last change (a Unix time): cheap enough to ask before each API request."""
+        return {_text(r["id"]): float(r["updated_at"] or 0) for r in self._read("SELECT id, updated_at FROM sessions")}
+
+    def named(self, title: str) -> str | None:
+        """The newest session given exactly this title by a person or client (none: None)."""
+        rows = self._read(
+            "SELECT id FROM sessions WHERE title_custom = 1 AND title = ? ORDER BY updated_at DESC LIMIT 1", (title,)
+        )
+        return _text(rows[0]["id"]) if rows else None
+
     def exists(self, session_id: str) -> bool:
         return bool(self._read("SELECT 1 FROM sessions WHERE id = ?", (session_id,)))
 
@@ -609,9 +622,22 @@ class SessionStore:
                 (session_id,),
             ).rowcount
 
-    def add_messages(self, session_id: str, messages: Sequence[StoredMessage]) -> None:
-        """Append finished messages (import)."""
+    def add_messages(self, session_id: str, messages: Sequence[StoredMessage], *, touch: bool = True) -> None:
+        """Append finished messages (an import, or a history an API client brought along).
+
+        A session without a title takes it from the first user message, as a chat does.
+        ``touch=False`` keeps the session's last-change time (an import keeps the exported one).
+        """
+        first = next((m.content for m in messages if m.role == "user"), None)
         with self._tx() as db:
+            if first is not None:
+                db.execute(
+                    "UPDATE sessions SET title = CASE WHEN title_custom = 0 AND title = ''"
+                    " THEN ? ELSE title END WHERE id = ?",
+                    (title_from(clean(first) or ""), session_id),
+                )
+            if touch:
+                db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (_now(), session_id))
             n = int(
                 db.execute("SELECT coalesce(max(seq), 0) FROM messages WHERE session_id = ?", (session_id,)).fetchone()[
                     0
