@@ -375,6 +375,63 @@ class Chat:
                 n_prompt = self._feed_user(group, text)
             yield from self._reply(group, max_tokens, stop, n_prompt or 0, time.perf_counter() - started)
 
+    def score_replies(self, question: str, replies: Sequence[str]) -> list[float]:
+        """Log-probability of each candidate reply to ``question``, teacher-forced: nothing is generated.
+
+        The question is read as the next user message, each reply's tokens are scored after
+        it, and then everything is undone: the KV cache comes back bit for bit, and so do the
+        layout and the conversation.  This is how a probe asks what the model still knows
+        without leaving a trace in the chat.  Room for the longest reply is made once, so every
+        candidate is scored against the same cache.
+        """
+        import copy
+
+        import numpy as np
+
+        with self._exclusive("scoring replies"):
+            engine = self.engine
+            if engine.shift_pending:
+                raise SinkchatError("a context shift is not applied yet; replies cannot be scored now")
+            kv = self.context.save_state()
+            saved = (
+                copy.deepcopy(engine.layout),
+                list(engine.tokens),
+                (engine.shifts, engine.evicted_tokens, engine.fallbacks, engine.reread_tokens, engine.fed_tokens),
+                self._group,
+                self._first_group,
+                list(self.messages),
+            )
+            try:
+                group = self._group + 1
+                candidates = [self._tokenize(reply, literal=True) or [self.model.eos] for reply in replies]
+                longest = max((len(c) for c in candidates), default=1)
+                if longest - 1 > engine.chunk_size():
+                    raise SinkchatError(f"a reply of {longest} tokens is too long to score in this cache")
+                self._feed_user(group, question, logits=True)
+                first = self.context.logits(-1).astype(np.float64)
+                first_z = _log_z(first)
+                engine.make_room(longest, group)
+                base = engine.n_cached
+                scores = []
+                for tokens in candidates:
+                    logp = first[tokens[0]] - first_z
+                    if len(tokens) > 1:
+                        engine.feed(tokens[:-1], "assistant", group, logits="all")
+                        rows = self.context.all_logits(len(tokens) - 1).astype(np.float64)
+                        targets = np.asarray(tokens[1:])
+                        logp += float((rows[np.arange(len(targets)), targets] - _log_z(rows)).sum())
+                        engine.truncate(base)
+                    scores.append(float(logp))
+                return scores
+            finally:
+                self.context.load_state(kv)
+                layout, tokens, counters, self._group, self._first_group, self.messages = saved
+                engine.layout, engine.tokens = layout, tokens
+                engine.shifts, engine.evicted_tokens, engine.fallbacks, engine.reread_tokens, engine.fed_tokens = (
+                    counters
+                )
+                engine.shift_pending = False
+
     def rewind(self, exchanges: int) -> None:
         """Forget the last ``exchanges`` exchanges, to go on from an earlier point (an edited message).
 
@@ -408,6 +465,34 @@ class Chat:
         history = [m for m in self.messages if m["role"] != "system"]
         system = self.system_prompt if system_prompt is KEEP else system_prompt
         return self._refill(history, system, self.engine)  # type: ignore[arg-type]
+
+    def append_history(self, messages: Sequence[Message]) -> None:
+        """Add finished exchanges (user/assistant pairs) after the last one, reading only them.
+
+        For a client that brings turns the cache has not seen (an API client's own
+        history).  When they would not fit in the window anyway, the cache is refilled
+        with the newest exchanges that fit instead (:meth:`rebuild`): a long history is
+        never read only to be evicted.
+        """
+        self._check_pairs(messages)
+        if self.messages and self.messages[-1]["role"] == "user":
+            raise SinkchatError("the last message has no reply yet; finished exchanges cannot follow it")
+        added = [{"role": m["role"], "content": m["content"]} for m in messages]
+        with self._exclusive("reading the history"):
+            budget, used = self.engine.layout.window * 3 // 4, 0
+            for i in range(len(added) - 2, -1, -2):
+                used += len(self._exchange_tokens(added[i]["content"], added[i + 1]["content"]))
+                if used > budget:
+                    break
+            else:
+                self._reading(used)
+                for i in range(0, len(added) - 1, 2):
+                    self._append_exchange(self._group + 1, added[i]["content"], added[i + 1]["content"])
+                    self._group += 1
+                    self.messages += added[i : i + 2]
+                return
+            self.messages += added
+        self.rebuild()
 
     def load_history(self, messages: Sequence[Message], system_prompt: str | None = None) -> int:
         """Replace the conversation with saved ``messages`` (user/assistant pairs) and rebuild the cache.
@@ -751,3 +836,11 @@ class Chat:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _log_z(logits: Any) -> Any:
+    """log-sum-exp over the last axis (the normaliser of a log-softmax), stable for large logits."""
+    import numpy as np
+
+    top = logits.max(axis=-1, keepdims=True)
+    return np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]

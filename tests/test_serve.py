@@ -344,3 +344,42 @@ def test_two_clients_at_once_are_served_in_turn_and_never_mix(tmp_path: Path, mo
             t.join(60)
         assert srv.pool.served == 12
     assert together == alone
+
+
+def test_exchanges_the_client_brings_are_read_once_and_saved(server: FakeServer) -> None:
+    facts = conversation(server, "S", ["q1"])
+    sid = facts[0]["session"]
+    reply1 = server.library.store.messages(sid)[1].content
+    brought = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": reply1},
+        {"role": "user", "content": "u2 (from another app)"},
+        {"role": "assistant", "content": "a2, written elsewhere"},
+        {"role": "user", "content": "q3"},
+    ]
+    _, fact = server.ask(brought)
+    assert (fact["action"], fact["session"], fact["rebuilt"]) == ("continued", sid, False)
+    exchange = (
+        "<|im_start|>user\nu2 (from another app)<|im_end|>\n<|im_start|>assistant\na2, written elsewhere<|im_end|>\n"
+    )
+    turn = "<|im_start|>user\nq3<|im_end|>\n<|im_start|>assistant\n"
+    assert fact["evaluated_tokens"] == len(exchange) + len(turn), "the brought exchange and the new message only"
+    assert exchange + turn in server.view()
+    stored = [m.content for m in server.library.store.messages(sid)]
+    assert stored[:5] == ["q1", reply1, "u2 (from another app)", "a2, written elsewhere", "q3"]
+    # A named conversation takes what the client brings too; more than fits refills the cache instead.
+    headers = {"X-Sinkchat-Session": sid}
+    long = [
+        m
+        for i in range(40)
+        for m in ({"role": "user", "content": f"old {i}"}, {"role": "assistant", "content": "x" * 40})
+    ]
+    history = as_exchanges(server.library.store.messages(sid))
+    _, fact = server.ask(
+        [{"role": "system", "content": "S"}, *history, *long, {"role": "user", "content": "end"}], extra_headers=headers
+    )
+    assert (fact["action"], fact["session"], fact["rebuilt"]) == ("continued", sid, True)
+    assert "did not fit" in fact["reason"] and fact["n_cached"] <= server.n_ctx
+    assert "old 39" in server.view() and "old 0<" not in server.view()
+    assert len(server.library.store.messages(sid)) == len(history) + 80 + 2

@@ -113,3 +113,36 @@ def test_find_prefers_the_newest_of_identical_conversations_and_follows_changes(
 def test_common_exchanges() -> None:
     assert common_exchanges([("a", "b"), ("c", "d")], [("a ", "b"), ("c", "x")]) == 1
     assert common_exchanges([], [("a", "b")]) == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "message"),
+    [
+        (
+            {"messages": [{"role": "user", "content": 12}]},
+            "messages.0.content",
+            "invalid value for 'messages.0.content': should be a valid string or a valid list (got 12)",
+        ),
+        (
+            {"temperature": 9},
+            "temperature",
+            "invalid value for 'temperature': should be less than or equal to 2 (got 9)",
+        ),
+        (
+            {"stop": ["a"] * 5},
+            "stop",
+            "invalid value for 'stop': at most 4 stop sequences (got ['a', 'a', 'a', 'a', 'a'])",
+        ),
+        ({"model": None}, "model", "invalid value for 'model': should be a valid string (got None)"),
+    ],
+)
+def test_validation_errors_name_the_field_in_one_line(fields: dict, param: str, message: str) -> None:
+    from pydantic import ValidationError
+
+    from sinkchat.serve.protocol import validation_error
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]} | fields
+    with pytest.raises(ValidationError) as err:
+        ChatRequest.model_validate(body)
+    error = validation_error(err.value)
+    assert (error.status, error.param, error.message) == (400, param, message)

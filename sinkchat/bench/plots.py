@@ -22,6 +22,8 @@ COLORS = {
     "recompute": "#2ca02c",
     "half-discard": "#ff7f0e",
     "truncate": "#9467bd",
+    "sinkchat": "#1f77b4",
+    "sinks-unpinned": "#17becf",
 }
 MISSING = "matplotlib is not installed: CSV only.  For plots: pip install 'sinkchat[bench]'"
 

@@ -177,18 +177,36 @@ class CompletionRequest(_Request):
         return clean(prompt) or ""
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """A pydantic location without its union-branch tags: ``messages.0.content``, not ``...content.str``."""
+    parts = [
+        str(p) for p in loc if not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p or p.startswith("function-")))
+    ]
+    return ".".join(parts)
+
+
 def validation_error(exc: ValidationError) -> ApiError:
     """The first problem pydantic found, as one OpenAI-style line naming the field."""
-    first = exc.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in first["loc"]) or None
-    message = first["msg"]
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    where = _field_path(first["loc"]) or None
     if first["type"] == "missing":
-        message = f"missing required parameter: {where!r}"
-    elif where:
+        return ApiError(400, f"missing required parameter: {where!r}", code="missing", param=where)
+    # A union (a string or a list ...) fails once per branch: say them together.
+    wanted = list(
+        dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors if _field_path(e["loc"]) == (where or ""))
+    )
+    message = " or ".join(m.removeprefix("Input should be ") for m in wanted)
+    if len(wanted) > 1 or wanted[0].startswith("Input should be "):
+        message = "should be " + message
+    if where:
         got = repr(first.get("input"))
         got = got if len(got) <= 60 else got[:57] + "..."
         message = f"invalid value for {where!r}: {message} (got {got})"
-    return ApiError(400, message, code="invalid_value" if first["type"] != "missing" else "missing", param=where)
+    return ApiError(400, message, code="invalid_value", param=where)
 
 
 def new_id(prefix: str) -> str:
