@@ -386,8 +386,6 @@ class Chat:
         """
         import copy
 
-        import numpy as np
-
         with self._exclusive("scoring replies"):
             engine = self.engine
             if engine.shift_pending:
@@ -408,20 +406,9 @@ class Chat:
                 if longest - 1 > engine.chunk_size():
                     raise SinkchatError(f"a reply of {longest} tokens is too long to score in this cache")
                 self._feed_user(group, question, logits=True)
-                first = self.context.logits(-1).astype(np.float64)
-                first_z = _log_z(first)
+                first = self.context.logits(-1)
                 engine.make_room(longest, group)
-                base = engine.n_cached
-                scores = []
-                for tokens in candidates:
-                    logp = first[tokens[0]] - first_z
-                    if len(tokens) > 1:
-                        engine.feed(tokens[:-1], "assistant", group, logits="all")
-                        rows = self.context.all_logits(len(tokens) - 1).astype(np.float64)
-                        targets = np.asarray(tokens[1:])
-                        logp += float((rows[np.arange(len(targets)), targets] - _log_z(rows)).sum())
-                        engine.truncate(base)
-                    scores.append(float(logp))
+                scores = engine.score_continuations(first, candidates, "assistant", group)
                 return scores
             finally:
                 self.context.load_state(kv)
@@ -836,11 +823,3 @@ class Chat:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _log_z(logits: Any) -> Any:
-    """log-sum-exp over the last axis (the normaliser of a log-softmax), stable for large logits."""
-    import numpy as np
-
-    top = logits.max(axis=-1, keepdims=True)
-    return np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]

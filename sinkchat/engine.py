@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from sinkchat.layout import CacheLayout, Eviction, Role
 from sinkchat.policy import SinkPolicy
@@ -114,6 +114,32 @@ class SinkEngine:
             i += len(chunk)
         return True
 
+    def score_continuations(
+        self, first_logits: Any, continuations: Sequence[Sequence[int]], role: Role, group: int
+    ) -> list[float]:
+        """Log-probability of each token sequence after the cache as it is, each removed again.
+
+        ``first_logits`` are the logits after the last cached token (they score each sequence's
+        first token); the rest is teacher-forced.  Make room for the longest sequence first, so
+        every one is scored against the same cache.
+        """
+        import numpy as np
+
+        first = np.asarray(first_logits, dtype=np.float64)
+        first_z = log_normalizer(first)
+        base = self.n_cached
+        scores = []
+        for tokens in continuations:
+            logp = float(first[tokens[0]] - first_z)
+            if len(tokens) > 1:
+                self.feed(tokens[:-1], role, group, logits="all")
+                rows = self.ctx.all_logits(len(tokens) - 1).astype(np.float64)  # type: ignore[attr-defined]
+                targets = np.asarray(tokens[1:])
+                logp += float((rows[np.arange(len(targets)), targets] - log_normalizer(rows)).sum())
+                self.truncate(base)
+            scores.append(logp)
+        return scores
+
     def make_room(self, need: int, group: int | None = None) -> Eviction | None:
         eviction = self.policy.plan(self.layout, need, group)
         if eviction is not None:
@@ -174,3 +200,11 @@ class SinkEngine:
             self.rereading = None
         self.reread_tokens += len(todo)
         log.info("cache cannot shift: read %d kept tokens again", len(todo))
+
+
+def log_normalizer(logits: Any) -> Any:
+    """log-sum-exp over the last axis (the normaliser of a log-softmax), stable for large logits."""
+    import numpy as np
+
+    top = logits.max(axis=-1, keepdims=True)
+    return np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]

@@ -124,6 +124,16 @@ class TemplateChat:
         add_bos = self.model.add_bos and not text.startswith(self.model.token_text(self.model.bos))
         return self.model.tokenize(text, add_special=add_bos)
 
+    def load(self, tokens: Sequence[int]) -> None:
+        """Make the cache hold ``tokens`` (last logits kept), as llama-cpp-python's prompt cache does:
+        keep the longest common prefix, read the rest."""
+        common = min(common_prefix(self.engine.tokens, tokens), len(tokens) - 1)
+        self.engine.truncate(common)
+        rest = tokens[common:]
+        step = self.engine.chunk_size()
+        for at in range(0, len(rest), step):
+            self.engine.feed(rest[at : at + step], "raw", 1, logits=at + step >= len(rest))
+
     def send(self, text: str, max_tokens: int) -> Iterator[str]:
         messages = [*self.history, {"role": "user", "content": text}]
         tokens = self._prompt(messages)
@@ -132,18 +142,7 @@ class TemplateChat:
             tokens = self._prompt(messages)
         if len(tokens) >= self.n_ctx:
             raise ContextFull(f"the history ({len(tokens):,} tokens) no longer fits n_ctx {self.n_ctx:,}")
-        # Prompt caching as llama-cpp-python does it: keep the longest common prefix.
-        common = 0
-        for a, b in zip(self.engine.tokens, tokens, strict=False):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)
-        self.engine.truncate(common)
-        rest = tokens[common:]
-        step = self.engine.chunk_size()
-        for at in range(0, len(rest), step):
-            self.engine.feed(rest[at : at + step], "raw", 1, logits=at + step >= len(rest))
+        self.load(tokens)
         pieces: list[str] = []
         joiner = Utf8Joiner()
         with Sampler(self.sampling, self.model.n_vocab) as sampler:
@@ -162,6 +161,16 @@ class TemplateChat:
             pieces.append(tail)
             yield tail
         self.history = [*messages, {"role": "assistant", "content": "".join(pieces)}]
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two sequences share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def cache_size(model: LlamaModel, policy: ChatPolicy, config: ChatBenchConfig) -> int:

@@ -32,7 +32,7 @@ from models.llama_context import LlamaContext
 from models.llama_model import LlamaModel
 from models.options import LoadOptions, default_threads
 from models.sampler import SamplingSettings
-from sinkchat.bench.chat_bench import ContextFull, TemplateChat, load_prompts
+from sinkchat.bench.chat_bench import ContextFull, TemplateChat, common_prefix, load_prompts
 from sinkchat.bench.report import Progress
 from sinkchat.bench.streams import dense_size
 from sinkchat.chat import Chat
@@ -210,10 +210,6 @@ class Replay:
 
 def score_template(chat: TemplateChat, question: str, candidates: Sequence[str]) -> list[float]:
     """Teacher-forced scores on a re-rendering chat: the question rendered with the history that fits."""
-    import numpy as np
-
-    from sinkchat.chat import _log_z
-
     messages = [*chat.history, {"role": "user", "content": question}]
     tokens = chat._prompt(messages)
     while len(tokens) + chat.reserve > chat.n_ctx and chat.drop_oldest and len(messages) > 1:
@@ -222,38 +218,11 @@ def score_template(chat: TemplateChat, question: str, candidates: Sequence[str])
     targets = [chat.model.tokenize(c, parse_special=False) or [chat.model.eos] for c in candidates]
     if len(tokens) + max(len(t) for t in targets) >= chat.n_ctx:
         raise ContextFull(f"the history ({len(tokens):,} tokens) no longer fits n_ctx {chat.n_ctx:,}")
-    engine = chat.engine
-    common = min(_common(engine.tokens, tokens), len(tokens) - 1)
-    engine.truncate(common)
-    rest = tokens[engine.n_cached :]
-    step = engine.chunk_size()
-    for at in range(0, len(rest), step):
-        engine.feed(rest[at : at + step], "raw", 1, logits=at + step >= len(rest))
-    first = chat.ctx.logits(-1).astype(np.float64)
-    first_z = _log_z(first)
-    base = engine.n_cached
-    scores = []
-    for target in targets:
-        logp = first[target[0]] - first_z
-        if len(target) > 1:
-            engine.feed(target[:-1], "raw", 1, logits="all")
-            rows = chat.ctx.all_logits(len(target) - 1).astype(np.float64)
-            idx = np.asarray(target[1:])
-            logp += float((rows[np.arange(len(idx)), idx] - _log_z(rows)).sum())
-            engine.truncate(base)
-        scores.append(float(logp))
+    chat.load(tokens)
+    scores = chat.engine.score_continuations(chat.ctx.logits(-1), targets, "raw", 1)
     # The question goes too; the history it followed stays, as a front end's prompt cache would keep it.
-    engine.truncate(min(base, _common(tokens, chat._prompt([*messages[:-1], {"role": "user", "content": ""}]))))
+    chat.engine.truncate(common_prefix(tokens, chat._prompt([*messages[:-1], {"role": "user", "content": ""}])))
     return scores
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Probe(BaseModel):
