@@ -74,6 +74,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     chat.add_argument("--prompts", type=Path, help="a JSON file shaped like the shipped prompts")
     chat.add_argument("--policies", nargs="+", choices=CHAT_POLICIES, default=list(CHAT_POLICIES))
     chat.add_argument("--dense-ctx", type=positive_int, help="dense cache size (default: the training context)")
+    chat.add_argument("--chat-template", metavar="NAME|FILE", help="a chat template for a model without one")
+    chat.add_argument(
+        "--transcript",
+        choices=[*CHAT_POLICIES, "none"],
+        default="truncate",
+        help="whose replies every policy reads again, scored against the oracle (default: truncate)",
+    )
 
     speed = bsub.add_parser("speed", help="decode speed vs create_completion; context shift vs re-prefill")
     common(speed, "speed")
@@ -107,6 +114,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     recall.add_argument("--max-tokens", type=positive_int, default=64, help="reply limit of the transcript")
     recall.add_argument("--policies", nargs="+", choices=RECALL_POLICIES, default=list(RECALL_POLICIES))
     recall.add_argument("--dense-ctx", type=positive_int, help="dense cache size (default: the training context)")
+    recall.add_argument(
+        "--chat-template", metavar="NAME|FILE", help="a chat template for a model without one (gemma-3, chatml, ...)"
+    )
+    recall.add_argument(
+        "--replies",
+        type=Path,
+        metavar="CSV",
+        help="read the replies of an earlier run (its recall_transcript.csv, e.g. another model's) instead of writing them",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -227,9 +243,13 @@ def _chat(args: argparse.Namespace) -> int:
         cache_size,
         load_prompts,
         run_chat,
+        run_paired,
         summary,
+        transcript_of,
         write_results,
     )
+    from sinkchat.bench.paired import COLUMNS as PAIRED_COLUMNS
+    from sinkchat.bench.paired import summary as paired_summary
     from sinkchat.bench.report import output_dir
     from sinkchat.errors import SinkchatError
 
@@ -240,8 +260,12 @@ def _chat(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         conversations=args.conversations,
         dense_ctx=args.dense_ctx,
+        chat_template=args.chat_template,
+        transcript=None if args.transcript == "none" else args.transcript,
         **threads_option(args),
     )
+    if config.transcript is not None and config.transcript not in config.policies:
+        raise SinkchatError(f"--transcript {config.transcript} is not among the policies run")
     try:
         prompts = load_prompts(args.prompts)[: config.conversations]
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -251,9 +275,15 @@ def _chat(args: argparse.Namespace) -> int:
         n_ctx = {p: cache_size(model, p, config) for p in config.policies}
         print(f"{model.name} · {2 * len(prompts)} turns per policy · cache {config.n_ctx} · {config.threads} threads")
         results = run_chat(model, config, prompts, progress=not args.quiet)
-    _print_table([summary(p, t, n_ctx[p]) for p, t in results.items()], COLUMNS)
+        paired = []
+        if config.transcript is not None:
+            paired = run_paired(model, config, transcript_of(results, config.transcript), progress=not args.quiet)
+    _print_table([summary(p, t, n_ctx[p], paired) for p, t in results.items()], COLUMNS)
+    if paired:
+        print(f"\n{config.transcript}'s replies read by every policy, scored against the oracle:")
+        _print_table(paired_summary(paired), PAIRED_COLUMNS)
     fallbacks = {p: (t[-1].fallbacks if t else 0) for p, t in results.items()}
-    files = write_results(results, out, config, n_ctx)
+    files = write_results(results, out, config, n_ctx, paired)
     return finish(out, "chat", files, config, model=model.name, fallbacks=fallbacks)
 
 
@@ -307,7 +337,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _recall(args: argparse.Namespace) -> int:
-    from sinkchat.bench.recall import COLUMNS, RecallConfig, run_recall, summary, write_results, write_transcript
+    from sinkchat.bench import paired
+    from sinkchat.bench.recall import (
+        COLUMNS,
+        RecallConfig,
+        leaks,
+        read_transcript,
+        run_recall,
+        summary,
+        write_results,
+        write_transcript,
+    )
     from sinkchat.bench.report import output_dir
 
     config = RecallConfig(
@@ -317,12 +357,25 @@ def _recall(args: argparse.Namespace) -> int:
         every=args.every,
         max_tokens=args.max_tokens,
         dense_ctx=args.dense_ctx,
+        chat_template=args.chat_template,
         **threads_option(args),
     )
     out = output_dir(args.out)
     with open_model(args) as model:
-        print(f"{model.name} · {config.turns} turns · probes every {config.every} · cache {config.n_ctx}")
-        script = write_transcript(model, config, progress=not args.quiet)
-        rows = run_recall(model, config, script, progress=not args.quiet)
+        title = f"{model.name} · {config.turns} turns · cache {config.n_ctx}"
+        print(f"{title} · probes every {config.every}")
+        if args.replies is not None:
+            script = read_transcript(args.replies, config)
+        else:
+            script = write_transcript(model, config, progress=not args.quiet)
+        leaked = leaks(script)
+        if leaked:
+            print(f"warning: {len(leaked)} replies name a planted fact (turns {leaked[:8]}...): the probes of the system "
+                  "and early facts then measure the echo, not the cache; see --replies", file=sys.stderr)  # fmt: skip
+        rows, quality = run_recall(model, config, script, progress=not args.quiet)
     _print_table(summary(rows), COLUMNS)
-    return finish(out, "recall", write_results(rows, script, out), config, model=model.name)
+    print()
+    _print_table(paired.summary(quality), paired.COLUMNS)
+    files = write_results(rows, quality, script, out, title=f"fixed replies read by each policy · {title}")
+    replies = str(args.replies) if args.replies is not None else "written by truncate"
+    return finish(out, "recall", files, config, model=model.name, replies=replies, leaked_turns=leaked)

@@ -419,6 +419,37 @@ class Chat:
                 )
                 engine.shift_pending = False
 
+    def read_exchange(self, user: str, reply: str) -> tuple[list[int], Any]:
+        """Add one finished exchange, the reply teacher-forced; its tokens and the logits that predicted each.
+
+        The reply is read the way a live chat writes it (after the reply's opening, then
+        closed by :meth:`_close_reply`), so a replayed transcript leaves the cache a live
+        chat would have, evictions included.  Row ``i`` of the logits is what the model
+        expected in place of token ``i``: the paired quality bench scores a fixed reply
+        under each cache policy with them.
+        """
+        import numpy as np
+
+        if self.messages and self.messages[-1]["role"] == "user":
+            raise SinkchatError("the last message has no reply yet; finished exchanges cannot follow it")
+        with self._exclusive("reading the history"):
+            group = self._group + 1
+            self._feed_user(group, user)
+            self._group = group
+            self.messages.append({"role": "user", "content": user})
+            targets = self._tokenize(reply, literal=True)
+            rows = [self.context.logits(-1)[None]]
+            step = self.engine.chunk_size()
+            for at in range(0, max(0, len(targets) - 1), step):
+                piece = targets[at : min(at + step, len(targets) - 1)]
+                self.engine.feed(piece, "assistant", group, logits="all")
+                rows.append(self.context.all_logits(len(piece)))  # type: ignore[attr-defined]
+            if targets:  # the last token predicts nothing that is scored
+                self.engine.feed(targets[-1:], "assistant", group, logits=False)
+            self.messages.append({"role": "assistant", "content": reply})
+            self._close_reply(group, reply)
+            return targets, np.concatenate(rows)[: len(targets)]
+
     def rewind(self, exchanges: int) -> None:
         """Forget the last ``exchanges`` exchanges, to go on from an earlier point (an edited message).
 

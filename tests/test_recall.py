@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,3 +113,25 @@ def test_rank_and_margin_count_against_the_distractors() -> None:
     assert rank_and_margin([-5.0, -1.0, -3.0], 2) == (2, -2.0)
     assert rank_and_margin([-1.0, -1.0, -3.0], 0) == (2, 0.0), "a tie does not count as a win"
     assert rank_and_margin([-2.0, -9.0], 1) == (2, -7.0)
+
+
+def test_a_transcript_is_read_back_only_for_the_same_plan_and_echoed_facts_are_flagged(tmp_path: Path) -> None:
+    from sinkchat.bench.recall import RecallConfig, leaks, plan, read_transcript
+    from sinkchat.bench.report import write_csv
+    from sinkchat.errors import SinkchatError
+
+    config = RecallConfig(turns=12, every=4)
+    users, probes = plan(config)
+    replies = [f"Reply {i}." for i in range(len(users))]
+    replies[5] = "You said the password is Heliotrope."  # a base model echoing its prompt
+    path = write_csv(
+        tmp_path / "t.csv",
+        [{"turn": i + 1, "user": u, "reply": r} for i, (u, r) in enumerate(zip(users, replies, strict=True))],
+    )
+    script = read_transcript(path, config)
+    assert script.turns == list(zip(users, replies, strict=True)) and script.probes == probes
+    assert leaks(script) == [6]
+    with pytest.raises(SinkchatError, match="another conversation"):
+        read_transcript(path, RecallConfig(turns=12, every=6))
+    with pytest.raises(SinkchatError, match="cannot read"):
+        read_transcript(tmp_path / "missing.csv", config)

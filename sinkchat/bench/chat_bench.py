@@ -19,14 +19,16 @@ import time
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.chat_template import ChatTemplate
 from models.llama_context import LlamaContext
 from models.llama_model import LlamaModel
 from models.options import LoadOptions, default_threads
 from models.sampler import Sampler, SamplingSettings
+from models.templates import resolve as resolve_template
 from sinkchat.bench import fluency
 from sinkchat.bench.report import Progress, percentile
 from sinkchat.bench.streams import dense_size
@@ -38,6 +40,9 @@ from sinkchat.policy import SinkPolicy
 from sinkchat.stats import process_rss
 from sinkchat.text_stream import Utf8Joiner
 from sinkchat.turns import Message
+
+if TYPE_CHECKING:
+    from sinkchat.bench.paired import ReplyScore
 
 ChatPolicy = Literal["dense", "window", "sinks", "half-discard", "truncate"]
 CHAT_POLICIES: tuple[ChatPolicy, ...] = ("dense", "window", "sinks", "half-discard", "truncate")
@@ -65,6 +70,10 @@ class ChatBenchConfig(BaseModel):
     dense_ctx: int | None = Field(None, ge=64)
     system_prompt: str = SYSTEM
     sampling: SamplingSettings = SamplingSettings(temperature=0.0, repeat_penalty=1.1)
+    chat_template: str | None = Field(None, description="a template name or file, for a model without one")
+    transcript: ChatPolicy | None = Field(
+        "truncate", description="whose replies the paired replay reads (None: no paired replay)"
+    )
     threads: int = Field(default_factory=default_threads)
 
 
@@ -80,6 +89,8 @@ class Turn(BaseModel):
     outcome: Literal["ok", "failed", "repeated", "context full"]
     fallbacks: int = 0
     """Re-reads so far instead of shifts (a cache that cannot shift)."""
+    why: str = ""
+    """Why the heuristic failed the reply (:func:`.fluency.failure_reason`): a loop, or only few characters."""
 
 
 class ContextFull(Exception):
@@ -103,14 +114,20 @@ class TemplateChat:
         *,
         drop_oldest: bool,
         reserve: int,
+        template: ChatTemplate | None = None,
+        fresh: bool = False,
     ) -> None:
         self.model, self.ctx, self.n_ctx = model, ctx, n_ctx
-        template = model.chat_template()
+        template = template or model.chat_template()
         if template is None:
-            raise SinkchatError(f"{model.name} has no chat template (a base model): the chat bench needs one")
+            raise SinkchatError(
+                f"{model.name} has no chat template (a base model): give one with --chat-template NAME|FILE"
+            )
         self.template = template
         self.system, self.sampling = system, sampling
         self.drop_oldest, self.reserve = drop_oldest, reserve
+        self.fresh = fresh
+        """Read every prompt from an empty cache (the oracle of the paired bench), not from the common prefix."""
         self.history: list[Message] = []
         self.engine = SinkEngine(ctx, SinkPolicy(), capacity=n_ctx, pin_target=0)
         ctx.clear()
@@ -124,10 +141,22 @@ class TemplateChat:
         add_bos = self.model.add_bos and not text.startswith(self.model.token_text(self.model.bos))
         return self.model.tokenize(text, add_special=add_bos)
 
+    def fit(self, messages: Sequence[Message], reserve: int) -> tuple[list[Message], list[int]]:
+        """The messages that fit with ``reserve`` tokens left for a reply (the oldest exchanges dropped,
+        with ``drop_oldest``), rendered for the next reply; :class:`ContextFull` when they cannot fit."""
+        messages = list(messages)
+        tokens = self._prompt(messages)
+        while len(tokens) + reserve > self.n_ctx and self.drop_oldest and len(messages) > 1:
+            messages = messages[2:]
+            tokens = self._prompt(messages)
+        if len(tokens) >= self.n_ctx:
+            raise ContextFull(f"the history ({len(tokens):,} tokens) no longer fits n_ctx {self.n_ctx:,}")
+        return messages, tokens
+
     def load(self, tokens: Sequence[int]) -> None:
         """Make the cache hold ``tokens`` (last logits kept), as llama-cpp-python's prompt cache does:
-        keep the longest common prefix, read the rest."""
-        common = min(common_prefix(self.engine.tokens, tokens), len(tokens) - 1)
+        keep the longest common prefix, read the rest (everything, when ``fresh``)."""
+        common = 0 if self.fresh else min(common_prefix(self.engine.tokens, tokens), len(tokens) - 1)
         self.engine.truncate(common)
         rest = tokens[common:]
         step = self.engine.chunk_size()
@@ -135,13 +164,7 @@ class TemplateChat:
             self.engine.feed(rest[at : at + step], "raw", 1, logits=at + step >= len(rest))
 
     def send(self, text: str, max_tokens: int) -> Iterator[str]:
-        messages = [*self.history, {"role": "user", "content": text}]
-        tokens = self._prompt(messages)
-        while len(tokens) + self.reserve > self.n_ctx and self.drop_oldest and len(messages) > 1:
-            messages = messages[2:]
-            tokens = self._prompt(messages)
-        if len(tokens) >= self.n_ctx:
-            raise ContextFull(f"the history ({len(tokens):,} tokens) no longer fits n_ctx {self.n_ctx:,}")
+        messages, tokens = self.fit([*self.history, {"role": "user", "content": text}], self.reserve)
         self.load(tokens)
         pieces: list[str] = []
         joiner = Utf8Joiner()
@@ -162,6 +185,38 @@ class TemplateChat:
             yield tail
         self.history = [*messages, {"role": "assistant", "content": "".join(pieces)}]
 
+    def read_exchange(self, user: str, reply: str) -> tuple[list[int], Any]:
+        """Add a finished exchange, the reply teacher-forced (as :meth:`sinkchat.chat.Chat.read_exchange`):
+        the reply's tokens and the logits that predicted each."""
+        import numpy as np
+
+        targets = self.model.tokenize(reply, add_special=False, parse_special=False)
+        messages, tokens = self.fit([*self.history, {"role": "user", "content": user}], max(self.reserve, len(targets)))
+        if len(tokens) + len(targets) > self.n_ctx:
+            raise ContextFull(f"the history ({len(tokens):,} tokens) and the reply no longer fit n_ctx {self.n_ctx:,}")
+        self.load(tokens)
+        rows = [self.ctx.logits(-1)[None]]
+        step = self.engine.chunk_size()
+        for at in range(0, len(targets), step):
+            piece = targets[at : at + step]
+            self.engine.feed(piece, "raw", 1, logits="all")
+            rows.append(self.ctx.all_logits(len(piece)))
+        self.history = [*messages, {"role": "assistant", "content": reply}]
+        return targets, np.concatenate(rows)[: len(targets)]
+
+    def score(self, question: str, candidates: Sequence[str]) -> list[float]:
+        """Teacher-forced log-probability of each candidate answer to ``question``, asked after the
+        history that fits (the recall probes); the question is removed again, the history it followed
+        stays cached, as a front end's prompt cache would keep it."""
+        messages, tokens = self.fit([*self.history, {"role": "user", "content": question}], self.reserve)
+        targets = [self.model.tokenize(c, parse_special=False) or [self.model.eos] for c in candidates]
+        if len(tokens) + max(len(t) for t in targets) >= self.n_ctx:
+            raise ContextFull(f"the history ({len(tokens):,} tokens) no longer fits n_ctx {self.n_ctx:,}")
+        self.load(tokens)
+        scores = self.engine.score_continuations(self.ctx.logits(-1), targets, "raw", 1)
+        self.engine.truncate(common_prefix(tokens, self._prompt([*messages[:-1], {"role": "user", "content": ""}])))
+        return scores
+
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading tokens two sequences share."""
@@ -173,6 +228,14 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def template_for(model: LlamaModel, spec: str | None) -> ChatTemplate | None:
+    """``--chat-template`` (a name or a file) for ``model``, or None for the model's own."""
+    if spec is None:
+        return None
+    name, source = resolve_template(spec)
+    return model.chat_template(source=source, name=name)
+
+
 def cache_size(model: LlamaModel, policy: ChatPolicy, config: ChatBenchConfig) -> int:
     return dense_size(model, config.dense_ctx, config.n_ctx) if policy == "dense" else config.n_ctx
 
@@ -181,18 +244,19 @@ def _open(model: LlamaModel, policy: ChatPolicy, config: ChatBenchConfig) -> tup
     """A chat object for ``policy`` and its cache size."""
     n_ctx = cache_size(model, policy, config)
     ctx = LlamaContext(model, LoadOptions(n_ctx=n_ctx, n_threads=config.threads))
+    template = template_for(model, config.chat_template)
     if policy in ("dense", "truncate"):
         reserve = 0 if policy == "dense" else config.max_tokens
-        return TemplateChat(
-            model, ctx, n_ctx, config.system_prompt, config.sampling, drop_oldest=policy == "truncate", reserve=reserve
-        ), n_ctx
+        return TemplateChat(model, ctx, n_ctx, config.system_prompt, config.sampling,
+                            drop_oldest=policy == "truncate", reserve=reserve, template=template), n_ctx  # fmt: skip
     if policy == "sinks":
         sinks = SinkSettings(sink_tokens=config.sinks, keep_system_prompt=True)
     elif policy == "window":
         sinks = SinkSettings(sink_tokens=0, keep_system_prompt=False, pin_bos=False, aligned=False)
     else:  # half-discard: llama.cpp's n_keep + n_discard = n_left / 2
         sinks = SinkSettings(sink_tokens=config.sinks, keep_system_prompt=True, aligned=False)
-    chat = Chat(model, ctx, sinks=sinks, system_prompt=config.system_prompt, sampling=config.sampling, owns_model=False)
+    chat = Chat(model, ctx, sinks=sinks, system_prompt=config.system_prompt, sampling=config.sampling,
+                owns_model=False, template=template)  # fmt: skip
     if policy == "half-discard":
         chat.sinks = sinks.model_copy(update={"discard": max(1, chat.engine.layout.window // 2)})
         chat.reset(config.system_prompt)
@@ -218,64 +282,105 @@ def classify(reply: str, earlier: set[str]) -> Literal["ok", "failed", "repeated
     return "ok"
 
 
-def run_policy(
-    model: LlamaModel,
-    prompts: Sequence[Sequence[str]],
-    policy: ChatPolicy,
-    config: ChatBenchConfig,
-    *,
-    progress: bool = True,
-) -> list[Turn]:
-    chat, n_ctx = _open(model, policy, config)
-    turns: list[Turn] = []
-    flat = [text for pair in prompts for text in pair]
-    full = False
-    earlier: set[str] = set()
-    try:
-        with Progress(len(flat), policy, enabled=progress, unit="turn") as bar:
-            for i, text in enumerate(flat, start=1):
-                started = time.perf_counter()
-                reply, outcome = "", "ok"
-                if full:
-                    outcome = "context full"
-                else:
-                    try:
-                        pieces = list(chat.send(text, max_tokens=config.max_tokens))  # type: ignore[attr-defined]
-                        reply = "".join(pieces)
-                        outcome = classify(reply, earlier)
-                    except ContextFull:
-                        full, outcome = True, "context full"
-                cached = chat.n_cached if isinstance(chat, TemplateChat) else chat.stats.n_cached  # type: ignore[attr-defined]
-                engine = chat.engine  # type: ignore[attr-defined]
-                n_tokens = len(model.tokenize(reply, parse_special=False)) if reply else 0
-                turns.append(
-                    Turn(
-                        policy=policy,
-                        turn=i,
-                        prompt=text,
-                        reply=reply,
-                        n_tokens=n_tokens,
-                        seconds=time.perf_counter() - started,
-                        cached=cached,
-                        rss=process_rss(),
-                        outcome=outcome,
-                        fallbacks=engine.fallbacks,
-                    )
-                )
-                bar.update(1, failed=sum(t.outcome != "ok" for t in turns))
-    finally:
-        if isinstance(chat, TemplateChat):
-            chat.ctx.close()
+class Conversation:
+    """One policy's side of the chat bench: its cache, its replies so far, one turn at a time."""
+
+    def __init__(self, model: LlamaModel, policy: ChatPolicy, config: ChatBenchConfig) -> None:
+        self.model, self.policy = model, policy
+        self.chat, self.n_ctx = _open(model, policy, config)
+        self.config = config
+        self.turns: list[Turn] = []
+        self.full = False
+        self.earlier: set[str] = set()
+
+    def step(self, number: int, text: str) -> Turn:
+        """Send ``text`` and judge the reply (``context full`` from the first turn that did not fit)."""
+        started = time.perf_counter()
+        reply, outcome = "", "ok"
+        if self.full:
+            outcome = "context full"
         else:
-            chat.close()  # type: ignore[attr-defined]
-    return turns
+            try:
+                reply = "".join(self.chat.send(text, max_tokens=self.config.max_tokens))  # type: ignore[attr-defined]
+                outcome = classify(reply, self.earlier)
+            except ContextFull:
+                self.full, outcome = True, "context full"
+        seconds = time.perf_counter() - started
+        chat = self.chat
+        cached = chat.n_cached if isinstance(chat, TemplateChat) else chat.stats.n_cached  # type: ignore[attr-defined]
+        turn = Turn(
+            policy=self.policy,
+            turn=number,
+            prompt=text,
+            reply=reply,
+            n_tokens=len(self.model.tokenize(reply, parse_special=False)) if reply else 0,
+            seconds=seconds,
+            cached=cached,
+            rss=process_rss(),
+            outcome=outcome,  # type: ignore[arg-type]
+            fallbacks=chat.engine.fallbacks,  # type: ignore[attr-defined]
+            why=(fluency.failure_reason(reply) or "") if outcome == "failed" else "",
+        )
+        self.turns.append(turn)
+        return turn
+
+    def close(self) -> None:
+        if isinstance(self.chat, TemplateChat):
+            self.chat.ctx.close()
+        else:
+            self.chat.close()  # type: ignore[attr-defined]
 
 
 def run_chat(
     model: LlamaModel, config: ChatBenchConfig, prompts: Sequence[Sequence[str]] | None = None, *, progress: bool = True
 ) -> dict[str, list[Turn]]:
+    """Every policy holds the same conversation, in lockstep: each turn is sent to every policy in a
+    rotating order, so a change in the machine's load lands on all of them alike."""
     prompts = list(prompts if prompts is not None else load_prompts())[: config.conversations]
-    return {policy: run_policy(model, prompts, policy, config, progress=progress) for policy in config.policies}
+    flat = [text for pair in prompts for text in pair]
+    conversations: list[Conversation] = []
+    try:
+        for policy in config.policies:
+            conversations.append(Conversation(model, policy, config))
+        with Progress(len(flat), "chat", enabled=progress, unit="turn") as bar:
+            for number, text in enumerate(flat, start=1):
+                shift = number % len(conversations)
+                for conversation in conversations[shift:] + conversations[:shift]:
+                    conversation.step(number, text)
+                bar.update(1, failed=sum(t.outcome != "ok" for c in conversations for t in c.turns))
+    finally:
+        for conversation in conversations:
+            conversation.close()
+    return {c.policy: c.turns for c in conversations}
+
+
+def transcript_of(results: dict[str, list[Turn]], policy: str) -> list[tuple[str, str]]:
+    """The fixed transcript of the paired replay: ``policy``'s exchanges up to its first unanswered turn."""
+    turns = []
+    for t in results[policy]:
+        if t.outcome == "context full":
+            break
+        turns.append((t.prompt, t.reply))
+    return turns
+
+
+def run_paired(
+    model: LlamaModel, config: ChatBenchConfig, turns: Sequence[tuple[str, str]], *, progress: bool = True
+) -> list[ReplyScore]:
+    """Every policy reads the same fixed transcript; each reply scored against the oracle (:mod:`.paired`)."""
+    from sinkchat.bench.paired import ChatReader, TemplateReader, open_oracle, replay
+
+    readers = []
+    template = template_for(model, config.chat_template)
+    oracle = open_oracle(model, config.n_ctx, config.system_prompt, config.max_tokens, template, config.threads)
+    try:
+        for policy in config.policies:
+            chat, _ = _open(model, policy, config)
+            readers.append(TemplateReader(policy, chat) if isinstance(chat, TemplateChat) else ChatReader(policy, chat))  # type: ignore[arg-type]
+        return replay(readers, oracle, turns, progress=progress)
+    finally:
+        for reader in [oracle, *readers]:
+            reader.close()
 
 
 COLUMNS = (
@@ -283,11 +388,15 @@ COLUMNS = (
     ("n_ctx", "n_ctx"),
     ("turns", "turns"),
     ("failed", "failed"),
+    ("failed_loops", "of which loops"),
     ("repeated", "repeated"),
     ("context_full", "context full"),
     ("empty", "empty"),
-    ("median_s", "median s/turn"),
-    ("p90_s", "p90 s"),
+    ("kl_mean", "KL to oracle"),
+    ("nll_delta", "NLL - oracle"),
+    ("min_s", "s/turn min"),
+    ("median_s", "median"),
+    ("max_s", "max"),
     ("max_cached", "max cached"),
     ("fallbacks", "re-reads"),
     ("rss_growth_mib", "RSS growth MiB"),
@@ -295,19 +404,30 @@ COLUMNS = (
 """``(summary key, heading)`` of the terminal table."""
 
 
-def summary(policy: str, turns: Sequence[Turn], n_ctx: int) -> dict[str, object]:
+def summary(policy: str, turns: Sequence[Turn], n_ctx: int, paired: Sequence[ReplyScore] = ()) -> dict[str, object]:
+    """One policy's row: the heuristic's counts, the paired replay's KL and NLL (when it ran), the
+    time per turn with its spread, memory."""
+    from sinkchat.bench.paired import summary as paired_summary
+
     answered = [t for t in turns if t.outcome != "context full"]
     secs = [t.seconds for t in answered]
+    quality = {r["policy"]: r for r in paired_summary(paired)}.get(policy, {})
     return {
         "policy": policy,
         "n_ctx": n_ctx,
         "turns": len(turns),
         "failed": sum(t.outcome == "failed" for t in turns),
+        "failed_loops": sum(t.outcome == "failed" and "loop" in t.why for t in turns),
         "repeated": sum(t.outcome == "repeated" for t in turns),
         "context_full": sum(t.outcome == "context full" for t in turns),
         "empty": sum(t.outcome == "ok" and not t.reply.strip() for t in turns),
+        "kl_mean": quality.get("kl_mean"),
+        "nll_delta": quality.get("nll_delta"),
+        "agree": quality.get("agree"),
+        "min_s": min(secs) if secs else None,
         "median_s": percentile(secs, 50),
         "p90_s": percentile(secs, 90),
+        "max_s": max(secs) if secs else None,
         "max_cached": max((t.cached for t in turns), default=0),
         "fallbacks": turns[-1].fallbacks if turns else 0,
         "rss_growth_mib": (turns[-1].rss - turns[0].rss) / 2**20 if turns else None,
@@ -336,14 +456,20 @@ def turns_from_csv(path: Path) -> dict[str, list[Turn]]:
                 cached=int(row["cached"]),
                 rss=round(float(row["rss_mib"]) * 2**20),
                 outcome=outcome,
+                why=(fluency.failure_reason(row["reply"]) or "") if outcome == "failed" else "",
             )  # type: ignore[arg-type]
         )
     return results
 
 
 def write_results(
-    results: dict[str, list[Turn]], out: Path, config: ChatBenchConfig, n_ctx: dict[str, int]
+    results: dict[str, list[Turn]],
+    out: Path,
+    config: ChatBenchConfig,
+    n_ctx: dict[str, int],
+    paired: Sequence[ReplyScore] = (),
 ) -> dict[str, Path | None]:
+    from sinkchat.bench import paired as paired_bench
     from sinkchat.bench import plots
     from sinkchat.bench.report import write_csv
 
@@ -352,8 +478,15 @@ def write_results(
         del row["rss"]
     files: dict[str, Path | None] = {
         "turns": write_csv(out / "chat_turns.csv", rows),
-        "summary": write_csv(out / "chat_summary.csv", [summary(p, t, n_ctx[p]) for p, t in results.items()]),
+        "summary": write_csv(out / "chat_summary.csv", [summary(p, t, n_ctx[p], paired) for p, t in results.items()]),
     }
+    if paired:
+        files["paired"] = write_csv(out / "chat_paired.csv", [r.model_dump() for r in paired])
+        files["paired_summary"] = write_csv(out / "chat_paired_summary.csv", paired_bench.summary(paired))
+        if plots.available():
+            files["paired_plot"] = paired_bench.plot(
+                paired, out / "chat_paired.png", title=f"{config.transcript}'s replies read by every policy"
+            )
 
     def series(key: str) -> dict[str, tuple[list[float], list[float]]]:
         out_: dict[str, tuple[list[float], list[float]]] = {}

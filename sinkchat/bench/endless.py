@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +21,7 @@ from models.llama_model import LlamaModel
 from models.options import LoadOptions, default_threads
 from models.sampler import Sampler, SamplingSettings
 from sinkchat.bench import fluency
-from sinkchat.bench.report import Progress, percentile
+from sinkchat.bench.report import Progress, interleave, percentile
 from sinkchat.bench.streams import STREAM_POLICIES, CacheFull, StreamPolicy, dense_size, open_stream
 from sinkchat.stats import process_rss
 from sinkchat.text_stream import Utf8Joiner
@@ -83,52 +83,66 @@ class Generation(BaseModel):
 
 
 def generate(model: LlamaModel, policy: StreamPolicy, config: EndlessConfig, *, progress: bool = True) -> Generation:
-    n_ctx = config.n_ctx
-    if policy == "dense":
-        n_ctx = dense_size(model, config.dense_ctx, config.n_ctx)
+    """One policy alone."""
+    run = Generation(policy=policy, n_ctx=cache_size(model, policy, config))
+    with Progress(config.tokens, policy, enabled=progress) as bar:
+        for _ in generation_steps(model, run, config, bar):
+            pass
+    return run
+
+
+def cache_size(model: LlamaModel, policy: StreamPolicy, config: EndlessConfig) -> int:
+    return dense_size(model, config.dense_ctx, config.n_ctx) if policy == "dense" else config.n_ctx
+
+
+def generation_steps(model: LlamaModel, run: Generation, config: EndlessConfig, bar: Progress) -> Iterator[None]:
+    """Generate with ``run``'s policy, one token per step (so policies can be interleaved); each
+    token's latency is the time inside its own step."""
+    n_ctx = run.n_ctx
     prompt = model.tokenize(config.prompt, add_special=model.add_bos)
-    run = Generation(policy=policy, n_ctx=n_ctx)
     pieces: list[str] = []
     length = 0
     with (
         LlamaContext(model, LoadOptions(n_ctx=n_ctx, n_threads=config.threads)) as ctx,
         Sampler(config.sampling, model.n_vocab) as sampler,
     ):
-        stream = open_stream(policy, ctx, sinks=config.sinks, discard=config.discard, recompute_every_feed=False)
+        stream = open_stream(run.policy, ctx, sinks=config.sinks, discard=config.discard, recompute_every_feed=False)  # type: ignore[arg-type]
         step = stream.max_chunk()
         for at in range(0, len(prompt), step):
             piece = prompt[at : at + step]
             stream.feed(piece, "last" if at + step >= len(prompt) else "none")
         joiner = Utf8Joiner()
-        started = time.perf_counter()
-        total = min(config.tokens, n_ctx - len(prompt)) if policy == "dense" else config.tokens
-        with Progress(total, policy, enabled=progress) as bar:
-            for i in range(config.tokens):
-                t = time.perf_counter()
-                token = sampler.sample(ctx)
-                try:
-                    stream.feed([token], "last")
-                except CacheFull:
-                    run.stopped = f"cache full after {i:,} tokens (n_ctx {n_ctx:,})"
-                    break
-                run.latencies_ms.append((time.perf_counter() - t) * 1e3)
-                text = joiner.push(model.token_to_piece(token))
-                pieces.append(text)
-                length += len(text)
-                run.char_ends.append(length)
-                if (i + 1) % SAMPLE_EVERY == 0:
-                    run.samples.append((i + 1, process_rss(), stream.n_cached))
-                bar.update(1)
+        for i in range(config.tokens):
+            t = time.perf_counter()
+            token = sampler.sample(ctx)
+            try:
+                stream.feed([token], "last")
+            except CacheFull:
+                run.stopped = f"cache full after {i:,} tokens (n_ctx {n_ctx:,})"
+                break
+            elapsed = time.perf_counter() - t
+            run.latencies_ms.append(elapsed * 1e3)
+            run.seconds += elapsed
+            text = joiner.push(model.token_to_piece(token))
+            pieces.append(text)
+            length += len(text)
+            run.char_ends.append(length)
+            if (i + 1) % SAMPLE_EVERY == 0:
+                run.samples.append((i + 1, process_rss(), stream.n_cached))
+            bar.update(1)
+            yield
         pieces.append(joiner.flush())
-        run.seconds = time.perf_counter() - started
         run.shifts = stream.shifts
         run.fallbacks = stream.fallbacks
     run.text = "".join(pieces)
-    return run
 
 
 def run_endless(model: LlamaModel, config: EndlessConfig, *, progress: bool = True) -> list[Generation]:
-    return [generate(model, policy, config, progress=progress) for policy in config.policies]
+    """Every policy, interleaved token by token (:func:`.report.interleave`)."""
+    runs = [Generation(policy=p, n_ctx=cache_size(model, p, config)) for p in config.policies]
+    with Progress(config.tokens * len(runs), "endless", enabled=progress) as bar:
+        interleave([generation_steps(model, run, config, bar) for run in runs])
+    return runs
 
 
 COLUMNS = (
@@ -138,6 +152,7 @@ COLUMNS = (
     ("low_variety_pct", "<26 chars %"),
     ("looping_at", "loops from"),
     ("looping_pct", "looping %"),
+    ("min_ms", "min ms"),
     ("median_ms", "median ms"),
     ("p99_ms", "p99 ms"),
     ("max_ms", "max ms"),
@@ -169,6 +184,7 @@ def summary(run: Generation) -> dict[str, object]:
         "looping_pct": _share(
             [r for _, r in fluency.compression_profile(run.text)], lambda r: r < fluency.MAX_COMPRESSION
         ),
+        "min_ms": min(lat) if lat else None,
         "median_ms": statistics.median(lat) if lat else None,
         "p99_ms": percentile(lat, 99),
         "max_ms": max(lat) if lat else None,

@@ -72,7 +72,15 @@ def is_failure(reply: str, *, window: int = WINDOW, min_distinct: int = MIN_DIST
     Replies shorter than a window are judged only for loops: a short fluent answer
     ("Paris.") uses few distinct characters and is no failure.
     """
-    stripped = reply.strip()
+    return failure_reason(reply, window=window, min_distinct=min_distinct) is not None
+
+
+def failure_reason(reply: str, *, window: int = WINDOW, min_distinct: int = MIN_DISTINCT) -> str | None:
+    """Why :func:`is_failure` fails a reply: ``"loop"`` (it compresses like a loop), ``"few characters"``
+    (only the distinct-character count, which fluent prose can dip below), ``"short loop"``; None if it passes.
+    """
     if len(reply) >= window:
-        return first_loss(reply, window, min_distinct) is not None or first_loop(reply, window) is not None
-    return len(reply) >= SHORT and len(set(stripped)) < SHORT_DISTINCT
+        if first_loop(reply, window) is not None:
+            return "loop"
+        return "few characters" if first_loss(reply, window, min_distinct) is not None else None
+    return "short loop" if len(reply) >= SHORT and len(set(reply.strip())) < SHORT_DISTINCT else None

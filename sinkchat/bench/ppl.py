@@ -10,7 +10,7 @@ sees the same number of preceding tokens under every policy that evicts.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.llama_context import LlamaContext
 from models.llama_model import LlamaModel
 from models.options import LoadOptions, default_threads
-from sinkchat.bench.report import Progress
+from sinkchat.bench.report import Progress, interleave, segment_rates, spread
 from sinkchat.bench.streams import STREAM_POLICIES, CacheFull, StreamPolicy, dense_size, open_stream
 from sinkchat.stats import process_rss
 
@@ -65,6 +65,8 @@ class Run(BaseModel):
     flash_attn: str = "auto"
     chunk: int = 0
     """Tokens evaluated per step, as actually used."""
+    chunk_seconds: list[float] = Field(default_factory=list)
+    """Time of each scored chunk: the spread of the speed (min / median / max over a tenth of the run)."""
 
     @property
     def tokens(self) -> int:
@@ -97,59 +99,88 @@ def run_policy(
     sinks: int | None = None,
     progress: bool = True,
 ) -> Run:
-    """Stream ``tokens`` through one policy and record the NLL per chunk."""
-    sinks = config.sinks if sinks is None else sinks
-    chunk = config.chunk_size()
-    limit = len(tokens)
-    n_ctx = config.n_ctx
-    if policy == "dense":
-        n_ctx = min(dense_size(model, config.dense_ctx, config.n_ctx), limit)
-    if policy == "recompute" and config.recompute_tokens:
-        limit = min(limit, config.recompute_tokens)
-    options = LoadOptions(n_ctx=n_ctx, n_threads=config.threads, n_batch=max(chunk, min(512, n_ctx)))
-    label = policy if policy != "sinks" or not config.sink_sweep else f"sinks={sinks}"
-    run = Run(policy=policy, label=label, sinks=sinks if policy == "sinks" else 0, n_ctx=n_ctx)
-    with LlamaContext(model, options) as ctx:
-        bos = model.bos if model.add_bos and model.bos >= 0 else None
-        stream = open_stream(policy, ctx, sinks=sinks, discard=config.discard or chunk, bos=bos)
-        step = min(chunk, stream.max_chunk())
-        run.chunk, run.swa_full, run.flash_attn = step, ctx.swa_full, options.flash_attn
-        previous: np.ndarray | None = None
-        started = time.perf_counter()
-        with Progress(min(limit, n_ctx) if policy == "dense" else limit, label, enabled=progress) as bar:
-            for at in range(0, limit, step):
-                piece = list(tokens[at : at + step])
-                try:
-                    stream.feed(piece, "all")
-                except CacheFull:
-                    run.stopped = f"cache full at {at:,} tokens (n_ctx {n_ctx:,})"
-                    break
-                logits = ctx.all_logits(len(piece))
-                rows = logits[:-1] if previous is None else np.vstack([previous, logits[:-1]])
-                targets = piece[1:] if previous is None else piece
-                previous = logits[-1:]
-                if len(targets):
-                    losses = nll_of(rows, targets)
-                    run.positions.append(at + len(piece))
-                    run.nll.append(float(losses.mean()))
-                    run.counts.append(len(targets))
-                    run.rss.append(process_rss())
-                    run.cached.append(stream.n_cached)
-                bar.update(len(piece), ppl=f"{np.exp(run.nll[-1]):.1f}" if run.nll else "-")
-        run.seconds = time.perf_counter() - started
-        run.fallbacks = stream.fallbacks
+    """Stream ``tokens`` through one policy alone and record the NLL per chunk."""
+    run = new_run(model, tokens, policy, config, sinks)
+    with Progress(run_length(run, tokens, config), run.label, enabled=progress) as bar:
+        for _ in policy_steps(model, tokens, run, config, bar):
+            pass
     return run
 
 
+def new_run(
+    model: LlamaModel, tokens: Sequence[int], policy: StreamPolicy, config: PplConfig, sinks: int | None = None
+) -> Run:
+    sinks = config.sinks if sinks is None else sinks
+    n_ctx = config.n_ctx
+    if policy == "dense":
+        n_ctx = min(dense_size(model, config.dense_ctx, config.n_ctx), len(tokens))
+    label = policy if policy != "sinks" or not config.sink_sweep else f"sinks={sinks}"
+    return Run(policy=policy, label=label, sinks=sinks if policy == "sinks" else 0, n_ctx=n_ctx)
+
+
+def run_length(run: Run, tokens: Sequence[int], config: PplConfig) -> int:
+    """Tokens ``run`` will read (dense stops once its cache is full)."""
+    if run.policy == "dense":
+        return min(len(tokens), run.n_ctx)
+    if run.policy == "recompute" and config.recompute_tokens:
+        return min(len(tokens), config.recompute_tokens)
+    return len(tokens)
+
+
+def policy_steps(
+    model: LlamaModel, tokens: Sequence[int], run: Run, config: PplConfig, bar: Progress
+) -> Iterator[None]:
+    """Stream ``tokens`` through ``run``'s policy, one chunk per step (so policies can be interleaved);
+    only the time inside its own steps counts as the run's."""
+    chunk = config.chunk_size()
+    limit = len(tokens)
+    if run.policy == "recompute" and config.recompute_tokens:
+        limit = min(limit, config.recompute_tokens)
+    options = LoadOptions(n_ctx=run.n_ctx, n_threads=config.threads, n_batch=max(chunk, min(512, run.n_ctx)))
+    with LlamaContext(model, options) as ctx:
+        bos = model.bos if model.add_bos and model.bos >= 0 else None
+        stream = open_stream(run.policy, ctx, sinks=run.sinks, discard=config.discard or chunk, bos=bos)  # type: ignore[arg-type]
+        step = min(chunk, stream.max_chunk())
+        run.chunk, run.swa_full, run.flash_attn = step, ctx.swa_full, options.flash_attn
+        previous: np.ndarray | None = None
+        for at in range(0, limit, step):
+            started = time.perf_counter()
+            piece = list(tokens[at : at + step])
+            try:
+                stream.feed(piece, "all")
+            except CacheFull:
+                run.stopped = f"cache full at {at:,} tokens (n_ctx {run.n_ctx:,})"
+                break
+            logits = ctx.all_logits(len(piece))
+            rows = logits[:-1] if previous is None else np.vstack([previous, logits[:-1]])
+            targets = piece[1:] if previous is None else piece
+            previous = logits[-1:]
+            elapsed = time.perf_counter() - started
+            run.seconds += elapsed
+            if len(targets):
+                losses = nll_of(rows, targets)
+                run.positions.append(at + len(piece))
+                run.nll.append(float(losses.mean()))
+                run.counts.append(len(targets))
+                run.rss.append(process_rss())
+                run.cached.append(stream.n_cached)
+                run.chunk_seconds.append(elapsed)
+            bar.update(len(piece))
+            yield
+        run.fallbacks = stream.fallbacks
+
+
 def run_ppl(model: LlamaModel, tokens: Sequence[int], config: PplConfig, *, progress: bool = True) -> list[Run]:
-    """Every policy (and, with ``sink_sweep``, the sinks policy once per sink count) in one process."""
+    """Every policy (and, with ``sink_sweep``, the sinks policy once per sink count) in one process,
+    interleaved chunk by chunk (:func:`.report.interleave`)."""
     runs: list[Run] = []
     for policy in config.policies:
         if policy == "sinks" and config.sink_sweep:
-            for n in config.sink_sweep:
-                runs.append(run_policy(model, tokens, "sinks", config, sinks=n, progress=progress))
+            runs += [new_run(model, tokens, "sinks", config, sinks=n) for n in config.sink_sweep]
         else:
-            runs.append(run_policy(model, tokens, policy, config, progress=progress))
+            runs.append(new_run(model, tokens, policy, config))
+    with Progress(sum(run_length(r, tokens, config) for r in runs), "ppl", enabled=progress) as bar:
+        interleave([policy_steps(model, tokens, run, config, bar) for run in runs])
     return runs
 
 
@@ -163,6 +194,8 @@ COLUMNS = (
     ("rss_full_mib", "RSS MiB"),
     ("rss_growth_mib", "RSS growth"),
     ("tok_per_s", "tok/s"),
+    ("tok_per_s_min", "min"),
+    ("tok_per_s_max", "max"),
     ("fallbacks", "re-reads"),
     ("stopped", ""),
 )
@@ -180,6 +213,7 @@ def summary(run: Run, n_ctx: int, common: int | None = None) -> dict[str, object
     last_tenth = run.tokens - run.tokens // 10
     full = next((i for i, pos in enumerate(run.positions) if pos >= min(n_ctx, run.n_ctx)), 0)
     rss = run.rss[full:]
+    rates = spread(segment_rates(run.counts, run.chunk_seconds))
     return {
         "policy": run.label,
         "sinks": run.sinks,
@@ -193,6 +227,9 @@ def summary(run: Run, n_ctx: int, common: int | None = None) -> dict[str, object
         "rss_max_mib": max(rss) / 2**20 if rss else None,
         "rss_growth_mib": (max(rss) - rss[0]) / 2**20 if rss else None,
         "tok_per_s": run.tokens / run.seconds if run.seconds else None,
+        "tok_per_s_min": rates[0],
+        "tok_per_s_median": rates[1],
+        "tok_per_s_max": rates[2],
         "fallbacks": run.fallbacks,
         "swa_full": run.swa_full,
         "chunk": run.chunk,
@@ -221,13 +258,18 @@ def runs_from_csv(path: Path, n_ctx: int) -> list[Run]:
         run.counts.append(int(row["scored"]))
         run.rss.append(round(float(row["rss_mib"]) * 2**20))
         run.cached.append(int(row["cached"]))
+        if row.get("seconds"):
+            run.chunk_seconds.append(float(row["seconds"]))
     return list(runs.values())
 
 
 def series_rows(runs: Sequence[Run]) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for run in runs:
-        for pos, nll, count, rss, cached in zip(run.positions, run.nll, run.counts, run.rss, run.cached, strict=True):
+        seconds = run.chunk_seconds or [None] * len(run.positions)
+        for pos, nll, count, rss, cached, secs in zip(
+            run.positions, run.nll, run.counts, run.rss, run.cached, seconds, strict=True
+        ):
             rows.append(
                 {
                     "policy": run.label,
@@ -237,6 +279,7 @@ def series_rows(runs: Sequence[Run]) -> list[dict[str, object]]:
                     "scored": count,
                     "rss_mib": rss / 2**20,
                     "cached": cached,
+                    "seconds": secs,
                 }
             )
     return rows

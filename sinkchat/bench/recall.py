@@ -6,7 +6,8 @@ greedily, then replayed) runs through every policy's cache, so the policies are 
 the same history.  At each checkpoint every fact is probed by teacher forcing: the question is
 read as the next user message and the log-probability of the true answer is compared with
 that of distractors of the same kind.  Nothing is generated, and the probe is undone
-(:meth:`sinkchat.chat.Chat.score_replies`), so it never stays in the cache.
+(:meth:`sinkchat.chat.Chat.score_replies`), so it never stays in the cache.  The same replay
+scores every fixed reply against an oracle that re-reads what fits (:mod:`.paired`).
 
 Policies, on the same engine:
 
@@ -28,11 +29,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.chat_template import ChatTemplate
 from models.llama_context import LlamaContext
 from models.llama_model import LlamaModel
 from models.options import LoadOptions, default_threads
 from models.sampler import SamplingSettings
-from sinkchat.bench.chat_bench import ContextFull, TemplateChat, common_prefix, load_prompts
+from sinkchat.bench.chat_bench import TemplateChat, load_prompts, template_for
+from sinkchat.bench.paired import ORACLE, ChatReader, Reader, ReplyScore, TemplateReader, open_oracle, replay
 from sinkchat.bench.report import Progress
 from sinkchat.bench.streams import dense_size
 from sinkchat.chat import Chat
@@ -99,6 +102,7 @@ class RecallConfig(BaseModel):
     max_tokens: int = Field(64, ge=1, description="reply limit of the transcript")
     sinks: int = Field(4, ge=0)
     dense_ctx: int | None = Field(None, ge=128)
+    chat_template: str | None = Field(None, description="a template name or file, for a model without one")
     threads: int = Field(default_factory=default_threads)
 
 
@@ -131,98 +135,78 @@ def plan(config: RecallConfig) -> tuple[list[str], dict[int, list[Fact]]]:
 
 
 def write_transcript(model: LlamaModel, config: RecallConfig, *, progress: bool = True) -> Script:
-    """Generate the replies once (greedy, sinkchat's cache) so every policy replays the same chat."""
+    """Generate the replies once so every policy replays the same chat.
+
+    ``truncate`` writes them (greedy): what an ordinary front end, which re-reads the history
+    that fits, would have answered.  No sink-cache policy reads its own words.
+    """
     users, probes = plan(config)
     ctx = LlamaContext(model, LoadOptions(n_ctx=config.n_ctx, n_threads=config.threads))
     sampling = SamplingSettings(temperature=0.0, repeat_penalty=1.1)
-    chat = Chat(model, ctx, system_prompt=system_prompt(), sampling=sampling, owns_model=False)
+    writer = TemplateChat(model, ctx, config.n_ctx, system_prompt(), sampling, drop_oldest=True,
+                          reserve=config.max_tokens, template=template_for(model, config.chat_template))  # fmt: skip
     turns = []
     try:
         with Progress(len(users), "transcript", enabled=progress, unit="turn") as bar:
             for user in users:
-                reply = "".join(chat.send(user, max_tokens=config.max_tokens))
+                reply = "".join(writer.send(user, max_tokens=config.max_tokens))
                 turns.append((user, reply))
                 bar.update(1)
     finally:
-        chat.close()
+        ctx.close()
     return Script(system_prompt(), turns, probes)
 
 
-class Replay:
-    """One policy's cache fed the fixed transcript; ``score`` probes it without a trace."""
+def read_transcript(path: Path, config: RecallConfig) -> Script:
+    """The replies of an earlier run (its ``recall_transcript.csv``, by this model or another one), so that
+    two models are compared on the same words, or a model that does not chat reads a chat that makes sense."""
+    from sinkchat.bench.report import read_csv
+    from sinkchat.errors import SinkchatError
 
-    def __init__(self, model: LlamaModel, policy: RecallPolicy, config: RecallConfig, system: str) -> None:
-        self.policy = policy
-        n_ctx = dense_size(model, config.dense_ctx, config.n_ctx) if policy == "dense" else config.n_ctx
-        self.n_ctx = n_ctx
-        ctx = LlamaContext(model, LoadOptions(n_ctx=n_ctx, n_threads=config.threads))
-        self.template: TemplateChat | None = None
-        self.chat: Chat | None = None
-        if policy in ("truncate", "dense"):
-            self.template = TemplateChat(
-                model,
-                ctx,
-                n_ctx,
-                system,
-                SamplingSettings(temperature=0.0),
-                drop_oldest=policy == "truncate",
-                reserve=config.max_tokens if policy == "truncate" else 0,
-            )
-            return
-        if policy == "sinkchat":
-            sinks = SinkSettings(sink_tokens=config.sinks, keep_system_prompt=True)
-        elif policy == "sinks-unpinned":
-            sinks = SinkSettings(sink_tokens=config.sinks, keep_system_prompt=False)
-        else:  # llama.cpp: n_keep 4 tokens, half of the rest discarded, cut at any token
-            sinks = SinkSettings(sink_tokens=4, keep_system_prompt=False, aligned=False)
-        self.chat = Chat(model, ctx, sinks=sinks, system_prompt=system, owns_model=False)
-        if policy == "half-discard":
-            self.chat.sinks = sinks.model_copy(update={"discard": max(1, self.chat.engine.layout.window // 2)})
-            self.chat.reset(system)
-
-    def add(self, user: str, reply: str) -> None:
-        if self.chat is not None:
-            self.chat.append_history([{"role": "user", "content": user}, {"role": "assistant", "content": reply}])
-        else:
-            assert self.template is not None
-            self.template.history += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
-
-    def score(self, question: str, candidates: Sequence[str]) -> list[float] | None:
-        """Each candidate's log-probability; None when the history no longer fits (dense)."""
-        if self.chat is not None:
-            return self.chat.score_replies(question, candidates)
-        assert self.template is not None
-        try:
-            return score_template(self.template, question, candidates)
-        except ContextFull:
-            return None
-
-    @property
-    def n_cached(self) -> int:
-        return self.chat.stats.n_cached if self.chat is not None else self.template.n_cached  # type: ignore[union-attr]
-
-    def close(self) -> None:
-        if self.chat is not None:
-            self.chat.close()
-        elif self.template is not None:
-            self.template.ctx.close()
+    try:
+        rows = read_csv(Path(path).expanduser())
+        turns = [(row["user"], row["reply"]) for row in rows]
+    except (OSError, KeyError, UnicodeDecodeError) as exc:
+        raise SinkchatError(f"cannot read the transcript {path}: {exc}") from None
+    users, probes = plan(config)
+    if [user for user, _ in turns] != users:
+        raise SinkchatError(
+            f"{path} holds another conversation ({len(turns)} turns): run it with the same --turns and --every"
+        )
+    return Script(system_prompt(), turns, probes)
 
 
-def score_template(chat: TemplateChat, question: str, candidates: Sequence[str]) -> list[float]:
-    """Teacher-forced scores on a re-rendering chat: the question rendered with the history that fits."""
-    messages = [*chat.history, {"role": "user", "content": question}]
-    tokens = chat._prompt(messages)
-    while len(tokens) + chat.reserve > chat.n_ctx and chat.drop_oldest and len(messages) > 1:
-        messages = messages[2:]
-        tokens = chat._prompt(messages)
-    targets = [chat.model.tokenize(c, parse_special=False) or [chat.model.eos] for c in candidates]
-    if len(tokens) + max(len(t) for t in targets) >= chat.n_ctx:
-        raise ContextFull(f"the history ({len(tokens):,} tokens) no longer fits n_ctx {chat.n_ctx:,}")
-    chat.load(tokens)
-    scores = chat.engine.score_continuations(chat.ctx.logits(-1), targets, "raw", 1)
-    # The question goes too; the history it followed stays, as a front end's prompt cache would keep it.
-    chat.engine.truncate(common_prefix(tokens, chat._prompt([*messages[:-1], {"role": "user", "content": ""}])))
-    return scores
+def leaks(script: Script) -> list[int]:
+    """Turns whose reply names the password or the sister: the fact is then in the history beyond its
+    planted place, and recalling it says nothing about the cache (a base model may echo its prompt)."""
+    answers = (SYSTEM_FACT.answer.lower(), EARLY_FACT.answer.lower())
+    return [n for n, (_, reply) in enumerate(script.turns, start=1) if any(a in reply.lower() for a in answers)]
+
+
+def open_reader(
+    model: LlamaModel, policy: str, config: RecallConfig, system: str, template: ChatTemplate | None
+) -> Reader:
+    """One policy's cache, empty but for the system prompt, ready to replay the transcript."""
+    if policy == ORACLE:
+        return open_oracle(model, config.n_ctx, system, config.max_tokens, template, config.threads)
+    n_ctx = dense_size(model, config.dense_ctx, config.n_ctx) if policy == "dense" else config.n_ctx
+    ctx = LlamaContext(model, LoadOptions(n_ctx=n_ctx, n_threads=config.threads))
+    if policy in ("truncate", "dense"):
+        reserve = 0 if policy == "dense" else config.max_tokens
+        chat = TemplateChat(model, ctx, n_ctx, system, SamplingSettings(temperature=0.0), drop_oldest=policy != "dense",
+                            reserve=reserve, template=template)  # fmt: skip
+        return TemplateReader(policy, chat)
+    if policy == "sinkchat":
+        sinks = SinkSettings(sink_tokens=config.sinks, keep_system_prompt=True)
+    elif policy == "sinks-unpinned":
+        sinks = SinkSettings(sink_tokens=config.sinks, keep_system_prompt=False)
+    else:  # llama.cpp: n_keep 4 tokens, half of the rest discarded, cut at any token
+        sinks = SinkSettings(sink_tokens=4, keep_system_prompt=False, aligned=False)
+    chat = Chat(model, ctx, sinks=sinks, system_prompt=system, owns_model=False, template=template)
+    if policy == "half-discard":
+        chat.sinks = sinks.model_copy(update={"discard": max(1, chat.engine.layout.window // 2)})
+        chat.reset(system)
+    return ChatReader(policy, chat)
 
 
 class Probe(BaseModel):
@@ -238,37 +222,51 @@ class Probe(BaseModel):
     seconds: float
 
 
-def run_recall(model: LlamaModel, config: RecallConfig, script: Script, *, progress: bool = True) -> list[Probe]:
-    """Every policy replays the transcript; the probes at each checkpoint, policy by policy."""
-    rows: list[Probe] = []
-    for policy in config.policies:
-        replay = Replay(model, policy, config, script.system)
-        try:
-            with Progress(len(script.turns), policy, enabled=progress, unit="turn") as bar:
-                for number, (user, reply) in enumerate(script.turns, start=1):
-                    replay.add(user, reply)
-                    for fact in script.probes.get(number, []):
-                        started = time.perf_counter()
-                        scores = replay.score(fact.question, fact.candidates)
-                        rank, margin = rank_and_margin(scores, 0) if scores else (None, None)
-                        rows.append(
-                            Probe(
-                                policy=policy,
-                                turn=number,
-                                fact=fact.kind,
-                                answer=fact.answer,
-                                rank=rank,
-                                n_candidates=len(fact.candidates),
-                                margin=margin,
-                                logp=scores[0] if scores else None,
-                                cached=replay.n_cached,
-                                seconds=time.perf_counter() - started,
-                            )
+def run_recall(
+    model: LlamaModel, config: RecallConfig, script: Script, *, progress: bool = True
+) -> tuple[list[Probe], list[ReplyScore]]:
+    """Every policy replays the transcript in lockstep (:func:`.paired.replay`): each fixed reply
+    scored against the oracle, and at each checkpoint every fact probed under every policy."""
+    template = template_for(model, config.chat_template)
+    readers: list[Reader] = []
+    probes: list[Probe] = []
+    opened: list[Reader] = []
+    try:
+        oracle = open_reader(model, ORACLE, config, script.system, template)
+        opened.append(oracle)
+        for policy in config.policies:
+            readers.append(open_reader(model, policy, config, script.system, template))
+            opened.append(readers[-1])
+
+        def probe(number: int) -> None:
+            for fact in script.probes.get(number, []):
+                shift = number % len(readers)
+                for reader in readers[shift:] + readers[:shift]:
+                    started = time.perf_counter()
+                    scores = reader.score(fact.question, fact.candidates)
+                    rank, margin = rank_and_margin(scores, 0) if scores else (None, None)
+                    probes.append(
+                        Probe(
+                            policy=reader.name,
+                            turn=number,
+                            fact=fact.kind,
+                            answer=fact.answer,
+                            rank=rank,
+                            n_candidates=len(fact.candidates),
+                            margin=margin,
+                            logp=scores[0] if scores else None,
+                            cached=reader.n_cached,
+                            seconds=time.perf_counter() - started,
                         )
-                    bar.update(1)
-        finally:
-            replay.close()
-    return rows
+                    )
+
+        quality = replay(readers, oracle, script.turns, after_turn=probe, progress=progress)
+    finally:
+        for reader in opened:
+            reader.close()
+    order = {p: i for i, p in enumerate(config.policies)}
+    probes.sort(key=lambda r: (order[r.policy], r.turn))
+    return probes, quality
 
 
 COLUMNS = (
@@ -307,13 +305,17 @@ def summary(rows: Sequence[Probe]) -> list[dict[str, object]]:
     return out
 
 
-def write_results(rows: Sequence[Probe], script: Script, out: Path) -> dict[str, Path | None]:
-    from sinkchat.bench import plots
+def write_results(
+    rows: Sequence[Probe], quality: Sequence[ReplyScore], script: Script, out: Path, *, title: str = ""
+) -> dict[str, Path | None]:
+    from sinkchat.bench import paired, plots
     from sinkchat.bench.report import write_csv
 
     files: dict[str, Path | None] = {
         "probes": write_csv(out / "recall_probes.csv", [r.model_dump() for r in rows]),
         "summary": write_csv(out / "recall_summary.csv", summary(rows)),
+        "quality": write_csv(out / "recall_quality.csv", [r.model_dump() for r in quality]),
+        "quality_summary": write_csv(out / "recall_quality_summary.csv", paired.summary(quality)),
         "transcript": write_csv(
             out / "recall_transcript.csv",
             [{"turn": i, "user": u, "reply": a} for i, (u, a) in enumerate(script.turns, start=1)],
@@ -321,6 +323,7 @@ def write_results(rows: Sequence[Probe], script: Script, out: Path) -> dict[str,
     }
     if plots.available():
         files["plot"] = plot(rows, out / "recall.png")
+        files["quality_plot"] = paired.plot(quality, out / "recall_quality.png", title=title)
     return files
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +119,45 @@ def percentile(values: Iterable[float], q: float) -> float | None:
 
     data = list(values)
     return float(np.percentile(data, q)) if data else None
+
+
+def interleave(steps: Sequence[Iterator[object]]) -> None:
+    """Advance each generator by one step in turn, the first one rotating, until all are done.
+
+    Benches run their policies this way, not one after another: on a shared machine a
+    change in load then lands on every policy alike, instead of on one row of a table.
+    """
+    active = list(steps)
+    turn = 0
+    while active:
+        shift = turn % len(active)
+        for step in active[shift:] + active[:shift]:
+            try:
+                next(step)
+            except StopIteration:
+                active.remove(step)
+        turn += 1
+
+
+def spread(values: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    """(min, median, max): every bench that reports a time reports these."""
+    import statistics
+
+    if not values:
+        return None, None, None
+    return min(values), statistics.median(values), max(values)
+
+
+def segment_rates(amounts: Sequence[float], seconds: Sequence[float], segments: int = 10) -> list[float]:
+    """Throughput of each of ``segments`` consecutive parts of a run (amount per second)."""
+    n = len(amounts)
+    if not n:
+        return []
+    parts = min(segments, n)
+    rates = []
+    for i in range(parts):
+        a, b = i * n // parts, (i + 1) * n // parts
+        t = sum(seconds[a:b])
+        if t > 0:
+            rates.append(sum(amounts[a:b]) / t)
+    return rates

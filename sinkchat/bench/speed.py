@@ -21,7 +21,7 @@ from models.llama_context import LlamaContext
 from models.llama_model import LlamaModel
 from models.options import LoadOptions, default_threads
 from models.sampler import SamplingSettings
-from sinkchat.bench.report import Progress
+from sinkchat.bench.report import Progress, spread
 from sinkchat.chat import Chat
 from sinkchat.engine import SinkEngine
 from sinkchat.layout import Eviction
@@ -44,9 +44,15 @@ class SpeedConfig(BaseModel):
 DECODE_COLUMNS = (
     ("n_ctx", "n_ctx"),
     ("tokens", "tokens"),
-    ("sinkchat_tok_s", "sinkchat tok/s"),
-    ("create_completion_tok_s", "create_completion tok/s"),
-    ("ratio", "ratio"),
+    ("sinkchat_min", "sinkchat tok/s min"),
+    ("sinkchat_tok_s", "median"),
+    ("sinkchat_max", "max"),
+    ("create_completion_min", "create_completion min"),
+    ("create_completion_tok_s", "median"),
+    ("create_completion_max", "max"),
+    ("ratio_min", "ratio min"),
+    ("ratio", "median"),
+    ("ratio_max", "max"),
 )
 """``(summary key, heading)`` of the terminal table."""
 
@@ -55,9 +61,15 @@ SHIFT_COLUMNS = (
     ("n_ctx", "n_ctx"),
     ("kept", "kept"),
     ("step_ms", "step ms"),
-    ("shift_step_ms", "shift+step ms"),
-    ("reprefill_step_ms", "re-prefill+step ms"),
-    ("reprefill_over_shift", "re-prefill / shift"),
+    ("shift_step_ms_min", "shift+step min"),
+    ("shift_step_ms", "median"),
+    ("shift_step_ms_max", "max"),
+    ("reprefill_step_ms_min", "re-prefill+step min"),
+    ("reprefill_step_ms", "median"),
+    ("reprefill_step_ms_max", "max"),
+    ("ratio_min", "ratio min"),
+    ("reprefill_over_shift", "median"),
+    ("ratio_max", "max"),
 )
 """``(summary key, heading)`` of the terminal table."""
 
@@ -95,13 +107,23 @@ def shift_costs(model: LlamaModel, n_ctx: int, config: SpeedConfig) -> dict[str,
             ctx.decode([tokens[nxt + 2]], len(kept))
             reprefill.append(time.perf_counter() - t)
     step, shifted, again = (statistics.median(x) * 1e3 for x in (plain, shift, reprefill))
+    ratios = [b / a for a, b in zip(shift, reprefill, strict=True)]
+    low, _, high = spread(ratios)
     return {
         "n_ctx": n_ctx,
         "kept": n_ctx - discard,
         "step_ms": step,
+        "step_ms_min": min(plain) * 1e3,
+        "step_ms_max": max(plain) * 1e3,
         "shift_step_ms": shifted,
+        "shift_step_ms_min": min(shift) * 1e3,
+        "shift_step_ms_max": max(shift) * 1e3,
         "reprefill_step_ms": again,
+        "reprefill_step_ms_min": min(reprefill) * 1e3,
+        "reprefill_step_ms_max": max(reprefill) * 1e3,
         "reprefill_over_shift": again / shifted,
+        "ratio_min": low,
+        "ratio_max": high,
     }
 
 
@@ -130,7 +152,20 @@ def decode_speed(model: LlamaModel, config: SpeedConfig) -> dict[str, float]:
         chat.close()
         llm.close()
     a, b = statistics.median(ours), statistics.median(theirs)
-    return {"n_ctx": n_ctx, "tokens": n, "sinkchat_tok_s": a, "create_completion_tok_s": b, "ratio": a / b}
+    ratios = [x / y for x, y in zip(ours, theirs, strict=True)]  # each pair ran back to back
+    return {
+        "n_ctx": n_ctx,
+        "tokens": n,
+        "sinkchat_tok_s": a,
+        "sinkchat_min": min(ours),
+        "sinkchat_max": max(ours),
+        "create_completion_tok_s": b,
+        "create_completion_min": min(theirs),
+        "create_completion_max": max(theirs),
+        "ratio": a / b,
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
 
 
 def run_speed(
