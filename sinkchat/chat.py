@@ -439,11 +439,8 @@ class Chat:
             self.messages.append({"role": "user", "content": user})
             targets = self._tokenize(reply, literal=True)
             rows = [self.context.logits(-1)[None]]
-            step = self.engine.chunk_size()
-            for at in range(0, max(0, len(targets) - 1), step):
-                piece = targets[at : min(at + step, len(targets) - 1)]
-                self.engine.feed(piece, "assistant", group, logits="all")
-                rows.append(self.context.all_logits(len(piece)))  # type: ignore[attr-defined]
+            if len(targets) > 1:
+                rows.append(self.engine.feed_logits(targets[:-1], "assistant", group))
             if targets:  # the last token predicts nothing that is scored
                 self.engine.feed(targets[-1:], "assistant", group, logits=False)
             self.messages.append({"role": "assistant", "content": reply})

@@ -114,6 +114,19 @@ class SinkEngine:
             i += len(chunk)
         return True
 
+    def feed_logits(self, tokens: Sequence[int], role: Role, group: int) -> Any:
+        """Feed ``tokens`` (chunk by chunk, evicting as needed) and return every token's logits, one row each:
+        row ``i`` is what the model expects after token ``i``.  For teacher-forced scoring."""
+        import numpy as np
+
+        rows = []
+        step = self.chunk_size()
+        for at in range(0, len(tokens), step):
+            piece = tokens[at : at + step]
+            self.feed(piece, role, group, logits="all")
+            rows.append(self.ctx.all_logits(len(piece)))  # type: ignore[attr-defined]
+        return np.concatenate(rows) if rows else np.empty((0, 0), dtype=np.float32)
+
     def score_continuations(
         self, first_logits: Any, continuations: Sequence[Sequence[int]], role: Role, group: int
     ) -> list[float]:

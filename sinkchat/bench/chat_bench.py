@@ -196,11 +196,8 @@ class TemplateChat:
             raise ContextFull(f"the history ({len(tokens):,} tokens) and the reply no longer fit n_ctx {self.n_ctx:,}")
         self.load(tokens)
         rows = [self.ctx.logits(-1)[None]]
-        step = self.engine.chunk_size()
-        for at in range(0, len(targets), step):
-            piece = targets[at : at + step]
-            self.engine.feed(piece, "raw", 1, logits="all")
-            rows.append(self.ctx.all_logits(len(piece)))
+        if targets:
+            rows.append(self.engine.feed_logits(targets, "raw", 1))
         self.history = [*messages, {"role": "assistant", "content": reply}]
         return targets, np.concatenate(rows)[: len(targets)]
 
