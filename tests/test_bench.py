@@ -338,6 +338,23 @@ def test_bench_serve_summary_and_csv_round_trip(tmp_path: Path) -> None:
     _png(tmp_path / "serve.png")
 
 
+def test_bench_serve_trims_only_when_the_server_says_the_context_overflowed() -> None:
+    from sinkchat.bench.serve_bench import _is_overflow
+
+    class Refusal(Exception):
+        def __init__(self, message: str, body: object = None) -> None:
+            super().__init__(message)
+            self.body = body
+
+    llama = "This model's maximum context length is 2048 tokens. However, you requested 2100 tokens"
+    assert _is_overflow(Refusal("Error code: 400", {"code": "context_length_exceeded", "message": "..."}))
+    assert _is_overflow(Refusal("Error code: 400", {"error": {"code": "context_length_exceeded"}}))
+    assert _is_overflow(Refusal(llama))
+    assert _is_overflow(Refusal("Requested tokens (2100) exceed context window of 2048"))
+    assert not _is_overflow(Refusal("max_tokens is 9000, more than this server's limit of 4096 tokens per reply"))
+    assert not _is_overflow(Refusal("Error code: 404", {"code": "model_not_found"}))
+
+
 @pytest.mark.slow
 def test_bench_serve_end_to_end(smollm2_path: Path, tmp_path: Path) -> None:
     """Both servers for real, at a size where llama-cpp-python's server runs out of context within 8 turns."""

@@ -77,7 +77,7 @@ def test_the_oracle_reads_what_truncate_holds_from_an_empty_cache() -> None:
         got_o = oracle.read_exchange(user, reply)
         assert t_ctx.contents() == o_ctx.contents(), "the same text in both caches"
         assert o_ctx.decoded - before_o == oracle.n_cached, "the oracle read everything again"
-        row = paired.compare("truncate", 1, got_t, got_o, 0.0, truncate.n_cached)
+        row = paired.compare("truncate", 1, got_t, paired.Reference.of(got_o), 0.0, truncate.n_cached)
         assert row.kl == 0 and row.agree == 1 and row.nll == row.oracle_nll
         assert t_ctx.decoded - before_t <= o_ctx.decoded - before_o
     assert len(truncate.history) < 24, "the oldest exchanges were dropped to fit"
@@ -101,7 +101,8 @@ def test_kl_and_nll_match_a_direct_computation() -> None:
 def test_compare_pairs_rows_only_on_the_same_reply_tokens() -> None:
     logits = np.zeros((3, 8))
     logits[np.arange(3), [1, 2, 3]] = 4.0
-    oracle = ([1, 2, 3], logits)
+    oracle = paired.Reference.of(([1, 2, 3], logits))
+    assert oracle is not None and paired.Reference.of(None) is None and paired.Reference.of(([], logits[:0])) is None
     same = paired.compare("p", 5, ([1, 2, 3], logits.copy()), oracle, 0.1, 9)
     assert same.kl == 0 and same.agree == 1 and same.tokens == 3 and same.turn == 5
     flat = paired.compare("p", 5, ([1, 2, 3], np.zeros((3, 8))), oracle, 0.1, 9)

@@ -317,6 +317,8 @@ def test_a_conversation_open_in_sinkchat_run_is_refused_with_409_and_then_served
 def test_two_clients_at_once_are_served_in_turn_and_never_mix(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     import threading
 
+    from sinkchat.serve.pool import Job
+
     patch_sampler(monkeypatch)
     questions = {name: [f"{name} question {i}" for i in range(6)] for name in ("ann", "bob")}
 
@@ -337,12 +339,21 @@ def test_two_clients_at_once_are_served_in_turn_and_never_mix(tmp_path: Path, mo
     together: dict[str, list[str]] = {}
     with FakeServer(tmp_path / "together") as srv:
         srv.ctx.delay = 0.001  # replies take a while, so the two clients' requests overlap
+        submit = srv.pool.submit
+        overlapped: list[bool] = []
+
+        def watched(job: Job) -> None:
+            overlapped.append(srv.pool.busy or srv.pool.queued > 0)
+            submit(job)
+
+        srv.pool.submit = watched  # type: ignore[method-assign]
         threads = [threading.Thread(target=chat, args=(srv, name, together)) for name in questions]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
         assert srv.pool.served == 12
+        assert len(overlapped) == 12 and any(overlapped), "some request arrived while another was being served"
     assert together == alone
 
 

@@ -30,7 +30,7 @@ from models.options import LoadOptions, default_threads
 from models.sampler import Sampler, SamplingSettings
 from models.templates import resolve as resolve_template
 from sinkchat.bench import fluency
-from sinkchat.bench.report import Progress, percentile
+from sinkchat.bench.report import Progress, percentile, spread
 from sinkchat.bench.streams import dense_size
 from sinkchat.chat import Chat
 from sinkchat.config import SinkSettings
@@ -408,6 +408,7 @@ def summary(policy: str, turns: Sequence[Turn], n_ctx: int, paired: Sequence[Rep
 
     answered = [t for t in turns if t.outcome != "context full"]
     secs = [t.seconds for t in answered]
+    fastest, median, slowest = spread(secs)
     quality = {r["policy"]: r for r in paired_summary(paired)}.get(policy, {})
     return {
         "policy": policy,
@@ -421,10 +422,10 @@ def summary(policy: str, turns: Sequence[Turn], n_ctx: int, paired: Sequence[Rep
         "kl_mean": quality.get("kl_mean"),
         "nll_delta": quality.get("nll_delta"),
         "agree": quality.get("agree"),
-        "min_s": min(secs) if secs else None,
-        "median_s": percentile(secs, 50),
+        "min_s": fastest,
+        "median_s": median,
         "p90_s": percentile(secs, 90),
-        "max_s": max(secs) if secs else None,
+        "max_s": slowest,
         "max_cached": max((t.cached for t in turns), default=0),
         "fallbacks": turns[-1].fallbacks if turns else 0,
         "rss_growth_mib": (turns[-1].rss - turns[0].rss) / 2**20 if turns else None,

@@ -21,7 +21,7 @@ from models.llama_model import LlamaModel
 from models.options import LoadOptions, default_threads
 from models.sampler import Sampler, SamplingSettings
 from sinkchat.bench import fluency
-from sinkchat.bench.report import Progress, interleave, percentile
+from sinkchat.bench.report import Progress, interleave, percentile, rss_growth
 from sinkchat.bench.streams import STREAM_POLICIES, CacheFull, StreamPolicy, dense_size, open_stream
 from sinkchat.stats import process_rss
 from sinkchat.text_stream import Utf8Joiner
@@ -192,7 +192,7 @@ def summary(run: Generation) -> dict[str, object]:
         "shifts": run.shifts,
         "fallbacks": run.fallbacks,
         "rss_start_mib": rss[0] / 2**20 if rss else None,
-        "rss_growth_mib": (rss[-1] - rss[0]) / 2**20 if rss else None,
+        "rss_growth_mib": rss_growth(rss) / 2**20 if rss else None,  # the process's: see report.rss_growth
         "stopped": run.stopped or "",
     }
 

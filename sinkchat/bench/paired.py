@@ -160,7 +160,24 @@ class ReplyScore(BaseModel):
     cached: int
 
 
-def compare(policy: str, turn: int, got: tuple[list[int], Any] | None, oracle: tuple[list[int], Any] | None,
+@dataclass(frozen=True)
+class Reference:
+    """The oracle's reading of one reply, with what every policy is compared on computed once."""
+
+    targets: list[int]
+    logits: Any
+    nll: float
+    top1: np.ndarray
+
+    @classmethod
+    def of(cls, got: tuple[list[int], Any] | None) -> Reference | None:
+        if got is None or not got[0]:
+            return None
+        targets, logits = got
+        return cls(targets, logits, float(token_nll(logits, targets).mean()), np.argmax(logits, axis=-1))
+
+
+def compare(policy: str, turn: int, got: tuple[list[int], Any] | None, oracle: Reference | None,
             seconds: float, cached: int) -> ReplyScore:  # fmt: skip
     """One row: the policy's logits against the oracle's, on the same reply tokens."""
     empty = ReplyScore(policy=policy, turn=turn, tokens=0, nll=None, oracle_nll=None, kl=None, kl_max=None,
@@ -171,13 +188,13 @@ def compare(policy: str, turn: int, got: tuple[list[int], Any] | None, oracle: t
     nll = float(token_nll(logits, targets).mean())
     if oracle is None:
         return empty.model_copy(update={"tokens": len(targets), "nll": nll})
-    if oracle[0] != targets:
+    if oracle.targets != targets:
         raise ValueError(f"turn {turn}: {policy} read the reply as other tokens than the oracle")
-    kl = token_kl(oracle[1], logits)
-    agree = float(np.mean(np.argmax(oracle[1], axis=-1) == np.argmax(logits, axis=-1)))
-    return ReplyScore(policy=policy, turn=turn, tokens=len(targets), nll=nll,
-                      oracle_nll=float(token_nll(oracle[1], targets).mean()), kl=float(kl.mean()),
-                      kl_max=float(kl.max()), agree=agree, seconds=seconds, cached=cached)  # fmt: skip
+    kl = token_kl(oracle.logits, logits)
+    agree = float(np.mean(oracle.top1 == np.argmax(logits, axis=-1)))
+    return ReplyScore(policy=policy, turn=turn, tokens=len(targets), nll=nll, oracle_nll=oracle.nll,
+                      kl=float(kl.mean()), kl_max=float(kl.max()), agree=agree, seconds=seconds,
+                      cached=cached)  # fmt: skip
 
 
 def replay(
@@ -203,7 +220,7 @@ def replay(
                 started = time.perf_counter()
                 got = reader.read(user, reply)
                 read[reader.name] = (got, time.perf_counter() - started)
-            reference = read[oracle.name][0]
+            reference = Reference.of(read[oracle.name][0])
             for reader in everyone:
                 got, seconds = read[reader.name]
                 rows.append(compare(reader.name, number, got, reference, seconds, reader.n_cached))

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.llama_context import LlamaContext
 from models.llama_model import LlamaModel
 from models.options import LoadOptions, default_threads
-from sinkchat.bench.report import Progress, interleave, segment_rates, spread
+from sinkchat.bench.report import Progress, interleave, rss_growth, segment_rates, spread
 from sinkchat.bench.streams import STREAM_POLICIES, CacheFull, StreamPolicy, dense_size, open_stream
 from sinkchat.stats import process_rss
 
@@ -193,8 +193,8 @@ COLUMNS = (
     ("ppl_last_tenth", "PPL last 10%"),
     ("rss_full_mib", "RSS MiB"),
     ("rss_growth_mib", "RSS growth"),
-    ("tok_per_s", "tok/s"),
-    ("tok_per_s_min", "min"),
+    ("tok_per_s_min", "tok/s min"),
+    ("tok_per_s_median", "median"),
     ("tok_per_s_max", "max"),
     ("fallbacks", "re-reads"),
     ("stopped", ""),
@@ -209,7 +209,10 @@ def common_end(runs: Sequence[Run]) -> int:
 
 def summary(run: Run, n_ctx: int, common: int | None = None) -> dict[str, object]:
     """One row per run: perplexity overall, after the cache first filled, over the range all
-    evicting runs read (``common``), and over the last tenth; memory once the cache was full."""
+    evicting runs read (``common``), and over the last tenth; memory once the cache was full.
+
+    RSS is the process's (see :func:`~sinkchat.bench.report.rss_growth`).
+    """
     last_tenth = run.tokens - run.tokens // 10
     full = next((i for i, pos in enumerate(run.positions) if pos >= min(n_ctx, run.n_ctx)), 0)
     rss = run.rss[full:]
@@ -225,7 +228,7 @@ def summary(run: Run, n_ctx: int, common: int | None = None) -> dict[str, object
         "ppl_last_tenth": run.ppl(start=last_tenth),
         "rss_full_mib": rss[0] / 2**20 if rss else None,
         "rss_max_mib": max(rss) / 2**20 if rss else None,
-        "rss_growth_mib": (max(rss) - rss[0]) / 2**20 if rss else None,
+        "rss_growth_mib": rss_growth(rss) / 2**20 if rss else None,
         "tok_per_s": run.tokens / run.seconds if run.seconds else None,
         "tok_per_s_min": rates[0],
         "tok_per_s_median": rates[1],

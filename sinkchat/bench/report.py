@@ -148,6 +148,21 @@ def spread(values: Sequence[float]) -> tuple[float | None, float | None, float |
     return min(values), statistics.median(values), max(values)
 
 
+def rss_growth(rss: Sequence[int]) -> int:
+    """How much a process's RSS crept up over a run, in bytes: the low point of the last tenth
+    above the low point of the whole run.
+
+    Benches interleave their policies in one process, so its RSS holds every open cache,
+    drops when a run ends and frees one, and swings within each round by the temporaries of
+    a step.  Low points compare like with like; a first-to-last difference would report a
+    swing or a freed cache as growth.
+    """
+    if not rss:
+        return 0
+    tail = rss[len(rss) - max(1, len(rss) // 10) :]
+    return min(tail) - min(rss)
+
+
 def segment_rates(amounts: Sequence[float], seconds: Sequence[float], segments: int = 10) -> list[float]:
     """Throughput of each of ``segments`` consecutive parts of a run (amount per second)."""
     n = len(amounts)

@@ -236,8 +236,13 @@ class _Conversation:
 
 
 def _is_overflow(exc: Exception) -> bool:
+    """Whether a server refused a request for being longer than its context (the bench then trims)."""
+    body = getattr(exc, "body", None)
+    error = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("code") == "context_length_exceeded":
+        return True
     text = str(exc).lower()
-    return "context" in text or "exceed" in text or "too long" in text or "tokens" in text
+    return "maximum context length" in text or ("exceed" in text and "context" in text)
 
 
 def run_serve_bench(

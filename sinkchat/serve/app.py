@@ -90,9 +90,7 @@ def create_app(pool: ConversationPool, config: ServeConfig) -> Starlette:
         return JSONResponse({"object": "list", "data": [_model_card(config, pool)]})
 
     async def model(request: Request) -> Response:
-        name = request.path_params["name"]
-        if name not in config.aliases:
-            raise _unknown_model(name, config)
+        _check_model(request.path_params["name"], config)
         return JSONResponse(_model_card(config, pool))
 
     async def health(request: Request) -> Response:

@@ -29,10 +29,15 @@ class Turn:
 
     def messages(self) -> list[dict[str, str]]:
         """The finished exchanges as chat messages."""
-        out: list[dict[str, str]] = []
-        for user, reply in self.history:
-            out += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
-        return out
+        return pair_messages(self.history)
+
+
+def pair_messages(pairs: Iterable[Pair]) -> list[dict[str, str]]:
+    """Exchanges (user, reply) as alternating user and assistant chat messages."""
+    out: list[dict[str, str]] = []
+    for user, reply in pairs:
+        out += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    return out
 
 
 def parse_messages(messages: Sequence[ChatMessage]) -> Turn:

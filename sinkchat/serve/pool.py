@@ -22,7 +22,7 @@ from models.errors import ModelError
 from models.sampler import SamplingSettings
 from sinkchat.errors import BusyError, SinkchatError
 from sinkchat.locks import SessionLockedError
-from sinkchat.serve.matching import ConversationIndex, Pair, Turn, common_exchanges, same_text
+from sinkchat.serve.matching import ConversationIndex, Pair, Turn, common_exchanges, pair_messages, same_text
 from sinkchat.serve.protocol import ApiError
 from sinkchat.session import DETACHED, Session, as_exchanges
 from sinkchat.store import StoreError
@@ -419,7 +419,7 @@ class ConversationPool:
         if not pairs:
             return
         before = self.chat.rebuilds
-        self.session.append_history(_messages(pairs))
+        self.session.append_history(pair_messages(pairs))
         if self.chat.rebuilds != before:
             facts.rebuilt = True
             facts.reason = f"{len(pairs)} new exchanges did not fit: the cache holds the newest that fit"
@@ -482,13 +482,6 @@ def _resolve(store: Any, name: str) -> str | None:
 
 def _pairs(messages: Sequence[dict[str, str]]) -> list[Pair]:
     return [(messages[i]["content"], messages[i + 1]["content"]) for i in range(0, len(messages) - 1, 2)]
-
-
-def _messages(pairs: Sequence[Pair]) -> list[dict[str, str]]:
-    out: list[dict[str, str]] = []
-    for user, reply in pairs:
-        out += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
-    return out
 
 
 def _same_system(a: str | None, b: str | None) -> bool:
