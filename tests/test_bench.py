@@ -179,6 +179,18 @@ def test_shipped_chat_prompts() -> None:
     assert len({pair[0] for pair in prompts}) == len(prompts)
 
 
+def test_rss_growth_ignores_freed_caches_and_per_step_swings() -> None:
+    from sinkchat.bench.report import rss_growth
+
+    mib = 2**20
+    # Another policy's cache is freed half-way; every round swings by a step's temporaries.
+    freed = [500 * mib + (i % 2) * 12 * mib for i in range(50)] + [260 * mib + (i % 2) * 12 * mib for i in range(50)]
+    assert rss_growth(freed) == 0, "a drop and a swing are not growth"
+    creeping = [260 * mib + i * mib // 10 + (i % 2) * 12 * mib for i in range(100)]
+    assert rss_growth(creeping) == 9 * mib, "the low point of the last tenth (step 90) over the first"
+    assert rss_growth([]) == 0
+
+
 def test_table_and_csv(tmp_path: Path) -> None:
     rows = [{"policy": "sinks", "ppl": 27.123, "tokens": 120000, "stopped": None}]
     text = table(rows, [("policy", "policy"), ("ppl", "PPL"), ("tokens", "tokens"), ("stopped", "")])

@@ -30,7 +30,7 @@ from models.options import LoadOptions, default_threads
 from models.sampler import Sampler, SamplingSettings
 from models.templates import resolve as resolve_template
 from sinkchat.bench import fluency
-from sinkchat.bench.report import Progress, percentile, spread
+from sinkchat.bench.report import Progress, percentile, rss_growth, spread
 from sinkchat.bench.streams import dense_size
 from sinkchat.chat import Chat
 from sinkchat.config import SinkSettings
@@ -428,7 +428,7 @@ def summary(policy: str, turns: Sequence[Turn], n_ctx: int, paired: Sequence[Rep
         "max_s": slowest,
         "max_cached": max((t.cached for t in turns), default=0),
         "fallbacks": turns[-1].fallbacks if turns else 0,
-        "rss_growth_mib": (turns[-1].rss - turns[0].rss) / 2**20 if turns else None,
+        "rss_growth_mib": rss_growth([t.rss for t in turns]) / 2**20 if turns else None,
     }
 
 
