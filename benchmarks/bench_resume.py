@@ -18,6 +18,7 @@ from pathlib import Path
 
 from models.options import default_threads
 from sinkchat import Chat
+from sinkchat.bench.report import spread
 from sinkchat.chat import resolve_model_path
 from sinkchat.session import Session, SessionLibrary
 
@@ -54,7 +55,7 @@ def time_to_first_token(chat: Chat, library: SessionLibrary, sid: str) -> tuple[
 
 def _spread(seconds: list[float]) -> str:
     """min / median / max in ms: one round can land on a load spike of this shared machine."""
-    return " / ".join(f"{v * 1000:.0f}" for v in (min(seconds), statistics.median(seconds), max(seconds)))
+    return " / ".join(f"{v * 1000:.0f}" for v in spread(seconds) if v is not None)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from models.llama_model import LlamaModel
 from models.options import LoadOptions, default_threads
 from models.sampler import Sampler, SamplingSettings
 from sinkchat.bench import fluency
-from sinkchat.bench.report import Progress, interleave, percentile, rss_growth
+from sinkchat.bench.report import Progress, interleave, percentile, rss_growth, spread
 from sinkchat.bench.streams import STREAM_POLICIES, CacheFull, StreamPolicy, dense_size, open_stream
 from sinkchat.stats import process_rss
 from sinkchat.text_stream import Utf8Joiner
@@ -172,6 +172,7 @@ def _share(values: Sequence[float], bad: Callable[[float], bool]) -> float | Non
 
 def summary(run: Generation) -> dict[str, object]:
     lat = run.latencies_ms
+    fastest, median, slowest = spread(lat)
     loss = run.loss_token()
     rss = [s[1] for s in run.samples]
     return {
@@ -184,10 +185,10 @@ def summary(run: Generation) -> dict[str, object]:
         "looping_pct": _share(
             [r for _, r in fluency.compression_profile(run.text)], lambda r: r < fluency.MAX_COMPRESSION
         ),
-        "min_ms": min(lat) if lat else None,
-        "median_ms": statistics.median(lat) if lat else None,
+        "min_ms": fastest,
+        "median_ms": median,
         "p99_ms": percentile(lat, 99),
-        "max_ms": max(lat) if lat else None,
+        "max_ms": slowest,
         "tok_per_s": run.n_tokens / run.seconds if run.seconds else None,
         "shifts": run.shifts,
         "fallbacks": run.fallbacks,

@@ -35,7 +35,7 @@ from models.llama_model import LlamaModel
 from models.options import LoadOptions
 from models.sampler import SamplingSettings
 from sinkchat.bench.chat_bench import ContextFull, TemplateChat
-from sinkchat.bench.report import Progress
+from sinkchat.bench.report import Progress, spread
 from sinkchat.chat import Chat
 from sinkchat.engine import log_normalizer
 
@@ -254,7 +254,7 @@ def summary(rows: Sequence[ReplyScore], *, after: int = 0) -> list[dict[str, obj
         mine = [r for r in rows if r.policy == policy]
         scored = [r for r in mine if r.turn > after and r.nll is not None and r.oracle_nll is not None]
         kls = [r.kl for r in scored if r.kl is not None]
-        secs = [r.seconds for r in mine if r.tokens]
+        fastest, median, slowest = spread([r.seconds for r in mine if r.tokens])
         out.append(
             {
                 "policy": policy,
@@ -265,9 +265,9 @@ def summary(rows: Sequence[ReplyScore], *, after: int = 0) -> list[dict[str, obj
                 "kl_median": statistics.median(kls) if kls else None,
                 "kl_p90": float(np.percentile(kls, 90)) if kls else None,
                 "agree": statistics.fmean(r.agree for r in scored if r.agree is not None) if scored else None,  # type: ignore[misc]
-                "s_min": min(secs) if secs else None,
-                "s_median": statistics.median(secs) if secs else None,
-                "s_max": max(secs) if secs else None,
+                "s_min": fastest,
+                "s_median": median,
+                "s_max": slowest,
             }
         )
     return out

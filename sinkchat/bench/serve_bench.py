@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sinkchat.bench.report import spread
 from sinkchat.errors import SinkchatError
 
 SERVERS = ("sinkchat", "llama_cpp.server")
@@ -245,6 +245,10 @@ def _is_overflow(exc: Exception) -> bool:
     return "maximum context length" in text or ("exceed" in text and "context" in text)
 
 
+def _ms(seconds: tuple[float | None, float | None, float | None]) -> tuple[float | None, ...]:
+    return tuple(None if v is None else v * 1000 for v in seconds)
+
+
 def run_serve_bench(
     model: Path, config: ServeBenchConfig, *, work: Path | None = None, progress: bool = True
 ) -> list[TurnResult]:
@@ -279,20 +283,20 @@ def summarize(results: Sequence[TurnResult]) -> list[dict[str, Any]]:
         ok = [r for r in mine if r.status != "failed"]
         refused = [r.turn for r in mine if r.status != "ok"]
         rereads = [r.turn for r in mine if r.rereads]
-        early = [r.ttft_s for r in mine if 2 <= r.turn <= 6 and r.ttft_s is not None]
-        late = [r.ttft_s for r in mine[-10:] if r.ttft_s is not None]
+        early = _ms(spread([r.ttft_s for r in mine if 2 <= r.turn <= 6 and r.ttft_s is not None]))
+        late = _ms(spread([r.ttft_s for r in mine[-10:] if r.ttft_s is not None]))
         rows.append(
             {
                 "server": name,
                 "turns_ok": len(ok),
                 "first_failure": refused[0] if refused else None,
                 "first_reread": rereads[0] if rereads else None,
-                "ttft_early_min_ms": min(early) * 1000 if early else None,
-                "ttft_early_ms": statistics.median(early) * 1000 if early else None,
-                "ttft_early_max_ms": max(early) * 1000 if early else None,
-                "ttft_late_min_ms": min(late) * 1000 if late else None,
-                "ttft_late_ms": statistics.median(late) * 1000 if late else None,
-                "ttft_late_max_ms": max(late) * 1000 if late else None,
+                "ttft_early_min_ms": early[0],
+                "ttft_early_ms": early[1],
+                "ttft_early_max_ms": early[2],
+                "ttft_late_min_ms": late[0],
+                "ttft_late_ms": late[1],
+                "ttft_late_max_ms": late[2],
             }
         )
     return rows
